@@ -1,0 +1,42 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hbi-transformers",
+    version="0.1.0",
+    description=(
+        "Hierarchical Banzhaf Interaction (HBI, CVPR 2023) for text-video retrieval "
+        "as a Hugging Face transformers model"
+    ),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    package_dir={"": "src"},
+    packages=find_packages("src"),
+    python_requires=">=3.10",
+    # torch and torchvision are installed first, pinned (see README): a loose requirement here
+    # would let pip pull a multi-GB CUDA build on machines where a matching one is already present.
+    install_requires=[
+        "torch>=2.1",
+        "torchvision",
+        "transformers>=5.0,<6",
+        "safetensors>=0.4",
+        "pillow",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=8"],
+        "video": ["av>=12", "decord>=0.6; platform_machine == 'x86_64'"],
+    },
+    entry_points={
+        "console_scripts": [
+            "hbi-convert=hbi_transformers.conversion:main",
+        ],
+    },
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

@@ -1,0 +1,42 @@
+"""The game-theory side of HBI: the network that estimates Banzhaf interaction maps.
+
+Players are the words and the frames of a matched text-video pair; the Banzhaf interaction of
+word i and frame j measures how much more they contribute to the pair's similarity together than
+apart. HBI trains student estimators against a frozen, pre-trained teacher estimator.
+"""
+
+import torch
+from torch import nn
+
+
+class BanzhafEstimator(nn.Module):
+    """Predicts a `[words, frames]` Banzhaf interaction map from a word-frame similarity map.
+
+    Conv3x3(1 -> width) -> ReLU -> unscaled self-attention over all word-frame positions with
+    learned `query`, `key`, `value` matrices, residual -> Conv3x3(width -> 1), as the official
+    `BanzhafModule` (whose unused BatchNorm is left out).
+    """
+
+    def __init__(self, width: int = 64):
+        super().__init__()
+        self.width = width
+        self.conv_in = nn.Conv2d(1, width, kernel_size=3, padding=1)
+        self.activation = nn.ReLU()
+        self.query = nn.Parameter(torch.empty(width, width))
+        self.key = nn.Parameter(torch.empty(width, width))
+        self.value = nn.Parameter(torch.empty(width, width))
+        self.conv_out = nn.Conv2d(width, 1, kernel_size=3, padding=1)
+
+    def forward(self, similarity_map: torch.Tensor) -> torch.Tensor:
+        """`similarity_map` `[batch, words, frames]` -> interaction map of the same shape."""
+        if similarity_map.dim() != 3:
+            raise ValueError(
+                f"BanzhafEstimator expects a [batch, words, frames] map, got shape {tuple(similarity_map.shape)}"
+            )
+        batch_size, num_words, num_frames = similarity_map.shape
+        hidden = self.activation(self.conv_in(similarity_map[:, None]))
+        positions = hidden.flatten(2).transpose(1, 2)
+        query, key, value = positions @ self.query, positions @ self.key, positions @ self.value
+        attended = torch.softmax(query @ key.transpose(1, 2), dim=-1) @ value
+        hidden = hidden + attended.transpose(1, 2).reshape(batch_size, self.width, num_words, num_frames)
+        return self.conv_out(hidden)[:, 0]

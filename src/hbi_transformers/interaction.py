@@ -1,0 +1,110 @@
+"""Weighted token-wise interaction (WTI): how much a text and a video match, word by frame.
+
+For text `a` and video `b` with L2-normalised tokens, `S[a, b, t, v] = <text[a, t], video[b, v]>`
+(masked cells set to 0, which still take part in the max), and
+
+    t2v[a, b] = sum_t w_text[a, t] * max_v S[a, b, t, v]
+    v2t[a, b] = sum_v w_video[b, v] * max_t S[a, b, t, v]
+    sim[a, b] = (t2v + v2t) / 2
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+# The official code fills masked weight logits with this finite value, not -inf.
+MASKED_WEIGHT_LOGIT = -9e15
+
+
+class TokenWeightHead(nn.Module):
+    """Softmax importance of each token (word or frame) of one item: Linear -> ReLU -> Linear."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.fc_in = nn.Linear(dim, 2 * dim)
+        self.activation = nn.ReLU()
+        self.fc_out = nn.Linear(2 * dim, 1)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.fc_out(self.activation(self.fc_in(tokens))).squeeze(-1)
+        if mask is not None:
+            logits = logits.masked_fill(mask == 0, MASKED_WEIGHT_LOGIT)
+        return torch.softmax(logits, dim=-1)
+
+
+@dataclass
+class LevelTokens:
+    """One side (texts or videos) of one hierarchy level, ready to be matched.
+
+    `tokens` are L2-normalised `[batch, tokens, D]`, `weights` their softmax importance
+    `[batch, tokens]`, `mask` `[batch, tokens]` or None where the level is not masked (merged
+    action and event tokens are never padding).
+    """
+
+    tokens: torch.Tensor
+    weights: torch.Tensor
+    mask: torch.Tensor | None
+
+    def __getitem__(self, index) -> "LevelTokens":
+        return LevelTokens(
+            self.tokens[index], self.weights[index], None if self.mask is None else self.mask[index]
+        )
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+def l2_normalize(tokens: torch.Tensor) -> torch.Tensor:
+    # No epsilon, as the official code: a zero token would be a bug upstream, not something to hide.
+    return tokens / tokens.norm(dim=-1, keepdim=True)
+
+
+def word_frame_similarity(text: LevelTokens, video: LevelTokens) -> torch.Tensor:
+    """`S[a, b, t, v]` for every text `a` and video `b`: `[n_text, n_video, words, frames]`."""
+    similarity = torch.einsum("atd,bvd->abtv", text.tokens, video.tokens)
+    if text.mask is not None:
+        similarity = similarity * text.mask[:, None, :, None].to(similarity.dtype)
+    if video.mask is not None:
+        similarity = similarity * video.mask[None, :, None, :].to(similarity.dtype)
+    return similarity
+
+
+def matched_word_frame_similarity(text: LevelTokens, video: LevelTokens) -> torch.Tensor:
+    """`S[b, b]` for the matched pairs (text b with video b): `[batch, words, frames]`."""
+    similarity = torch.einsum("btd,bvd->btv", text.tokens, video.tokens)
+    if text.mask is not None:
+        similarity = similarity * text.mask[:, :, None].to(similarity.dtype)
+    if video.mask is not None:
+        similarity = similarity * video.mask[:, None, :].to(similarity.dtype)
+    return similarity
+
+
+def weighted_token_interaction(text: LevelTokens, video: LevelTokens) -> torch.Tensor:
+    """WTI similarity of every text with every video, `[n_text, n_video]`, in one block."""
+    similarity = word_frame_similarity(text, video)
+    t2v = torch.einsum("abt,at->ab", similarity.max(dim=-1).values, text.weights)
+    v2t = torch.einsum("abv,bv->ab", similarity.max(dim=-2).values, video.weights)
+    return (t2v + v2t) / 2.0
+
+
+def chunked_weighted_token_interaction(
+    text: LevelTokens, video: LevelTokens, chunk_size: int | None = None
+) -> torch.Tensor:
+    """`weighted_token_interaction` in blocks of `chunk_size` texts x `chunk_size` videos, so the
+    `[n_text, n_video, words, frames]` tensor never exists whole."""
+    if chunk_size is None or (len(text) <= chunk_size and len(video) <= chunk_size):
+        return weighted_token_interaction(text, video)
+    rows = []
+    for text_start in range(0, len(text), chunk_size):
+        text_chunk = text[text_start : text_start + chunk_size]
+        rows.append(
+            torch.cat(
+                [
+                    weighted_token_interaction(text_chunk, video[video_start : video_start + chunk_size])
+                    for video_start in range(0, len(video), chunk_size)
+                ],
+                dim=1,
+            )
+        )
+    return torch.cat(rows, dim=0)

@@ -1,0 +1,481 @@
+"""HBI: Hierarchical Banzhaf Interaction for text-video retrieval, as a transformers model."""
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import CLIPModel, CLIPTextModel, CLIPVisionModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput, logging
+
+from .banzhaf import BanzhafEstimator
+from .configuration_hbi import LEVEL_NAMES, HBIConfig
+from .interaction import (
+    LevelTokens,
+    TokenWeightHead,
+    chunked_weighted_token_interaction,
+    l2_normalize,
+    matched_word_frame_similarity,
+    weighted_token_interaction,
+)
+from .losses import banzhaf_kl, kl_divergence, symmetric_info_nce
+from .temporal import TemporalLSTM, TemporalTransformer, build_temporal_module
+from .token_merging import MergedTokenAttention, TokenClusterMerge, TokenMergeBlock
+
+logger = logging.get_logger(__name__)
+
+# The official evaluation merges tokens in mini-batches of 32 items; clustering of items with
+# fewer valid tokens than `cluster_num_neighbors` depends on the group they are merged in.
+OFFICIAL_MERGE_GROUP_SIZE = 32
+
+
+@dataclass
+class HBITextOutput(ModelOutput):
+    """Token-level text embeddings.
+
+    Args:
+        text_embeds (`torch.FloatTensor` of shape `(batch_size, words, projection_dim)`):
+            Every position's final-LayerNorm output through the text projection (not normalised).
+        attention_mask (`torch.LongTensor` of shape `(batch_size, words)`):
+            1 for real tokens, 0 for padding.
+    """
+
+    text_embeds: torch.FloatTensor | None = None
+    attention_mask: torch.LongTensor | None = None
+
+
+@dataclass
+class HBIVideoOutput(ModelOutput):
+    """Frame-level video embeddings.
+
+    Args:
+        video_embeds (`torch.FloatTensor` of shape `(batch_size, frames, projection_dim)`):
+            Frame embeddings after the temporal module (not normalised).
+        video_mask (`torch.LongTensor` of shape `(batch_size, frames)`):
+            1 for real frames, 0 for padding.
+        frame_embeds (`torch.FloatTensor` of shape `(batch_size, frames, projection_dim)`):
+            Per-frame CLIP embeddings before the temporal module.
+    """
+
+    video_embeds: torch.FloatTensor | None = None
+    video_mask: torch.LongTensor | None = None
+    frame_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
+class HBISimilarityOutput(ModelOutput):
+    """Scores of every text against every video.
+
+    Args:
+        logits_per_text (`torch.FloatTensor` of shape `(n_text, n_video)`):
+            Level-weighted similarity times `exp(logit_scale)`.
+        logits_per_video (`torch.FloatTensor` of shape `(n_video, n_text)`):
+            Its transpose.
+        level_logits_per_text (`tuple(torch.FloatTensor)`):
+            Entity, action and event similarity matrices, scaled the same way.
+    """
+
+    logits_per_text: torch.FloatTensor | None = None
+    logits_per_video: torch.FloatTensor | None = None
+    level_logits_per_text: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class HBIOutput(ModelOutput):
+    """Output of [`HBIModel.forward`].
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss` is True):
+            The HBI training objective: per level symmetric InfoNCE plus the Banzhaf KL, plus the
+            self-distillation of the action and event levels towards the entity level.
+        logits_per_text (`torch.FloatTensor` of shape `(n_text, n_video)`):
+            Level-weighted similarity (weights `config.level_weights`) times `exp(logit_scale)`.
+        logits_per_video (`torch.FloatTensor` of shape `(n_video, n_text)`):
+            Its transpose.
+        level_logits_per_text (`tuple(torch.FloatTensor)`):
+            Entity, action and event similarity matrices, scaled the same way.
+        text_embeds (`torch.FloatTensor` of shape `(n_text, words, projection_dim)`):
+            Token-level text embeddings.
+        video_embeds (`torch.FloatTensor` of shape `(n_video, frames, projection_dim)`):
+            Frame-level video embeddings after the temporal module.
+        loss_terms (`dict[str, torch.FloatTensor]`, *optional*):
+            The loss's parts, detached, for logging.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    logits_per_video: torch.FloatTensor | None = None
+    level_logits_per_text: tuple[torch.FloatTensor, ...] | None = None
+    text_embeds: torch.FloatTensor | None = None
+    video_embeds: torch.FloatTensor | None = None
+    loss_terms: dict[str, torch.Tensor] | None = None
+
+
+class HBILevel(nn.Module):
+    """One level of the hierarchy: how its tokens are made (merging from the level below, except
+    at the entity level), weighted, and how its Banzhaf maps are predicted."""
+
+    def __init__(self, config: HBIConfig, text_merge_ratio: float | None, video_merge_ratio: float | None):
+        super().__init__()
+        dim = config.projection_dim
+        self.text_weight_head = TokenWeightHead(dim)
+        self.video_weight_head = TokenWeightHead(dim)
+        self.text_merge = self._merge_block(config, text_merge_ratio)
+        self.video_merge = self._merge_block(config, video_merge_ratio)
+        self.banzhaf_student = BanzhafEstimator(config.banzhaf_estimator_width)
+
+    @staticmethod
+    def _merge_block(config: HBIConfig, ratio: float | None) -> TokenMergeBlock | None:
+        if ratio is None:
+            return None
+        return TokenMergeBlock(
+            config.projection_dim, ratio, config.cluster_num_neighbors, config.merge_attention_heads
+        )
+
+
+def _torch_default_init(module: nn.Module) -> None:
+    """What torch's `reset_parameters` does for Linear / Conv layers, which the official code
+    leaves in place for the token-merging convolution and score and the estimator's convs."""
+    init.kaiming_uniform_(module.weight, a=math.sqrt(5))
+    if module.bias is not None:
+        fan_in = module.weight[0].numel()
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+        init.uniform_(module.bias, -bound, bound)
+
+
+class HBIPreTrainedModel(PreTrainedModel):
+    config_class = HBIConfig
+    config: HBIConfig
+    base_model_prefix = "hbi"
+    main_input_name = "input_ids"
+    input_modalities = ("video", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        """The official initialisation of the HBI heads; the CLIP towers initialise themselves."""
+        std = self.config.initializer_range
+        if isinstance(module, TokenWeightHead):
+            for linear in (module.fc_in, module.fc_out):
+                init.normal_(linear.weight, std=std)
+                init.zeros_(linear.bias)
+        elif isinstance(module, TokenClusterMerge):
+            _torch_default_init(module.conv)
+            _torch_default_init(module.score)
+            init.ones_(module.norm.weight)
+            init.zeros_(module.norm.bias)
+        elif isinstance(module, MergedTokenAttention):
+            for linear in (module.query, module.key_value, module.out_proj):
+                init.trunc_normal_(linear.weight, std=0.02)
+                init.zeros_(linear.bias)
+            init.ones_(module.norm.weight)
+            init.zeros_(module.norm.bias)
+        elif isinstance(module, BanzhafEstimator):
+            _torch_default_init(module.conv_in)
+            _torch_default_init(module.conv_out)
+            for matrix in (module.query, module.key, module.value):
+                init.xavier_uniform_(matrix, gain=1.414)
+        elif isinstance(module, TemporalTransformer):
+            init.normal_(module.frame_position_embeddings.weight, std=std)
+        elif isinstance(module, TemporalLSTM):
+            module.lstm.reset_parameters()
+        elif isinstance(module, HBIModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+            # As transformers' CLIPModel initialises its projections.
+            init.normal_(module.text_projection.weight, std=self.config.text_config.hidden_size**-0.5)
+            init.normal_(module.visual_projection.weight, std=self.config.vision_config.hidden_size**-0.5)
+        elif isinstance(module, nn.Linear):
+            # The temporal transformer's layers, when not copied from a CLIP text tower.
+            init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+
+
+class HBIModel(HBIPreTrainedModel):
+    """HBI text-video retrieval model: CLIP text and vision towers, a temporal module over frames,
+    and a three-level (entity, action, event) hierarchy of weighted token-wise interactions with
+    Banzhaf interaction estimators. See `HBI_SPEC.md` for exactly what is computed.
+
+    Example:
+
+    ```python
+    >>> model = HBIModel.from_clip_pretrained("openai/clip-vit-base-patch32")
+    >>> outputs = model(**processor(text=captions, videos=videos, return_tensors="pt"))
+    >>> outputs.logits_per_text.softmax(dim=-1)  # which video each caption describes
+    ```
+    """
+
+    def __init__(self, config: HBIConfig):
+        super().__init__(config)
+        self.text_model = CLIPTextModel._from_config(config.text_config)
+        self.vision_model = CLIPVisionModel._from_config(config.vision_config)
+        self.text_projection = nn.Linear(config.text_config.hidden_size, config.projection_dim, bias=False)
+        self.visual_projection = nn.Linear(config.vision_config.hidden_size, config.projection_dim, bias=False)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.temporal = build_temporal_module(config)
+        merge_ratios = list(zip([None, *config.text_merge_ratios], [None, *config.video_merge_ratios]))
+        self.levels = nn.ModuleList(
+            HBILevel(config, text_ratio, video_ratio) for text_ratio, video_ratio in merge_ratios
+        )
+        self.banzhaf_teacher = BanzhafEstimator(config.banzhaf_estimator_width)
+        self.banzhaf_teacher.requires_grad_(False)
+        self.post_init()
+
+    # ----------------------------------------------------------------------------------------
+    # Encoders
+    # ----------------------------------------------------------------------------------------
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> HBITextOutput:
+        """Token-level text embeddings `[batch, words, D]` with their mask."""
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, words], got shape {tuple(input_ids.shape)}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
+            )
+        _raise_on_empty_items(attention_mask, "text", "attention_mask")
+        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return HBITextOutput(text_embeds=self.text_projection(hidden), attention_mask=attention_mask)
+
+    def get_video_features(
+        self, pixel_values_videos: torch.Tensor, video_mask: torch.Tensor | None = None
+    ) -> HBIVideoOutput:
+        """Frame-level video embeddings `[batch, frames, D]` (after the temporal module) with their mask."""
+        if pixel_values_videos.dim() != 5:
+            raise ValueError(
+                "pixel_values_videos must be [batch, frames, channels, height, width], got shape "
+                f"{tuple(pixel_values_videos.shape)}"
+            )
+        batch_size, num_frames = pixel_values_videos.shape[:2]
+        if video_mask is None:
+            video_mask = torch.ones(batch_size, num_frames, dtype=torch.long, device=pixel_values_videos.device)
+        if video_mask.shape != (batch_size, num_frames):
+            raise ValueError(
+                f"video_mask {tuple(video_mask.shape)} does not match the [batch, frames] = "
+                f"{(batch_size, num_frames)} of pixel_values_videos"
+            )
+        _raise_on_empty_items(video_mask, "video", "video_mask")
+        pixel_values = pixel_values_videos.flatten(0, 1).to(self.visual_projection.weight.dtype)
+        frames = self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+        frames = frames.view(batch_size, num_frames, -1)
+        return HBIVideoOutput(
+            video_embeds=self.temporal(frames, video_mask), video_mask=video_mask, frame_embeds=frames
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Hierarchy and scores
+    # ----------------------------------------------------------------------------------------
+    def text_levels(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor) -> list[LevelTokens]:
+        """The entity, action and event tokens of a batch of texts, merged together as one batch."""
+        return self._levels(text_embeds, attention_mask, "text")
+
+    def video_levels(self, video_embeds: torch.Tensor, video_mask: torch.Tensor) -> list[LevelTokens]:
+        """The entity, action and event tokens of a batch of videos, merged together as one batch."""
+        return self._levels(video_embeds, video_mask, "video")
+
+    def _levels(self, tokens: torch.Tensor, mask: torch.Tensor, side: str) -> list[LevelTokens]:
+        levels = []
+        for level in self.levels:
+            merge = getattr(level, f"{side}_merge")
+            if merge is not None:
+                # Merged tokens are never padding: levels above the entity level are unmasked.
+                tokens, mask = merge(tokens, mask), None
+            weights = getattr(level, f"{side}_weight_head")(tokens, mask)
+            levels.append(LevelTokens(l2_normalize(tokens), weights, mask))
+        return levels
+
+    def _grouped_levels(self, embeds, mask, side: str, group_size: int) -> list[LevelTokens]:
+        groups = [
+            self._levels(embeds[start : start + group_size], mask[start : start + group_size], side)
+            for start in range(0, embeds.shape[0], group_size)
+        ]
+        return [
+            LevelTokens(
+                torch.cat([g[i].tokens for g in groups]),
+                torch.cat([g[i].weights for g in groups]),
+                None if groups[0][i].mask is None else torch.cat([g[i].mask for g in groups]),
+            )
+            for i in range(len(LEVEL_NAMES))
+        ]
+
+    def _scaled_similarity(self, level_similarities: list[torch.Tensor]) -> HBISimilarityOutput:
+        scale = self.logit_scale.exp()
+        fused = sum(weight * sim for weight, sim in zip(self.config.level_weights, level_similarities))
+        logits_per_text = fused * scale
+        return HBISimilarityOutput(
+            logits_per_text=logits_per_text,
+            logits_per_video=logits_per_text.t(),
+            level_logits_per_text=tuple(sim * scale for sim in level_similarities),
+        )
+
+    @torch.no_grad()
+    def compute_similarity(
+        self,
+        text_outputs: HBITextOutput,
+        video_outputs: HBIVideoOutput,
+        chunk_size: int = 256,
+        merge_group_size: int = OFFICIAL_MERGE_GROUP_SIZE,
+    ) -> HBISimilarityOutput:
+        """Scores every text against every video from `get_text_features` / `get_video_features`
+        outputs, without re-encoding.
+
+        Each item's merged (action / event) tokens are computed once, in groups of
+        `merge_group_size` items (the official evaluation's grouping, which matters only for
+        items with fewer valid tokens than `cluster_num_neighbors`); the word-frame similarity is
+        then computed in blocks of `chunk_size` texts x `chunk_size` videos so that a large gallery
+        fits in memory.
+        """
+        text_levels = self._grouped_levels(text_outputs.text_embeds, text_outputs.attention_mask, "text", merge_group_size)
+        video_levels = self._grouped_levels(
+            video_outputs.video_embeds, video_outputs.video_mask, "video", merge_group_size
+        )
+        return self._scaled_similarity(
+            [
+                chunked_weighted_token_interaction(text, video, chunk_size)
+                for text, video in zip(text_levels, video_levels)
+            ]
+        )
+
+    # ----------------------------------------------------------------------------------------
+    # Forward and loss
+    # ----------------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pixel_values_videos: torch.Tensor,
+        video_mask: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        **kwargs,
+    ) -> HBIOutput:
+        r"""
+        input_ids (`torch.LongTensor` of shape `(n_text, words)`): CLIP token ids, padded with 0.
+        attention_mask (`torch.LongTensor` of shape `(n_text, words)`): 1 for real tokens.
+        pixel_values_videos (`torch.FloatTensor` of shape `(n_video, frames, 3, height, width)`).
+        video_mask (`torch.LongTensor` of shape `(n_video, frames)`, *optional*): 1 for real frames,
+            all ones when omitted.
+        return_loss (`bool`, *optional*): compute the training objective; text i and video i are
+            then a matched pair, so `n_text` must equal `n_video`.
+        """
+        text_outputs = self.get_text_features(input_ids, attention_mask)
+        video_outputs = self.get_video_features(pixel_values_videos, video_mask)
+        text_levels = self.text_levels(text_outputs.text_embeds, text_outputs.attention_mask)
+        video_levels = self.video_levels(video_outputs.video_embeds, video_outputs.video_mask)
+        level_similarities = [
+            weighted_token_interaction(text, video) for text, video in zip(text_levels, video_levels)
+        ]
+        similarity = self._scaled_similarity(level_similarities)
+
+        loss = loss_terms = None
+        if return_loss:
+            if input_ids.shape[0] != pixel_values_videos.shape[0]:
+                raise ValueError(
+                    f"return_loss needs matched pairs: got {input_ids.shape[0]} texts and "
+                    f"{pixel_values_videos.shape[0]} videos"
+                )
+            loss, loss_terms = self.hbi_loss(level_similarities, text_levels, video_levels)
+
+        return HBIOutput(
+            loss=loss,
+            logits_per_text=similarity.logits_per_text,
+            logits_per_video=similarity.logits_per_video,
+            level_logits_per_text=similarity.level_logits_per_text,
+            text_embeds=text_outputs.text_embeds,
+            video_embeds=video_outputs.video_embeds,
+            loss_terms=loss_terms,
+        )
+
+    def hbi_loss(
+        self,
+        level_similarities: list[torch.Tensor],
+        text_levels: list[LevelTokens],
+        video_levels: list[LevelTokens],
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The retrieval objective (spec section 5) over a batch of matched pairs, where text i
+        goes with video i. Under distributed training, pass the gathered features' levels."""
+        scale = self.logit_scale.exp()
+        terms = {}
+        for index, (name, level) in enumerate(zip(LEVEL_NAMES, self.levels)):
+            text, video = text_levels[index], video_levels[index]
+            terms[f"contrastive_{name}"] = symmetric_info_nce(level_similarities[index] * scale)
+            similarity_map = matched_word_frame_similarity(text, video)
+            student = level.banzhaf_student(similarity_map)
+            with torch.no_grad():
+                teacher = self.banzhaf_teacher(similarity_map.detach())
+            if index == 0 and self.config.mask_entity_banzhaf_maps:
+                map_mask = text.mask[:, :, None] * video.mask[:, None, :]
+                student, teacher = student * map_mask, teacher * map_mask
+            terms[f"banzhaf_{name}"] = banzhaf_kl(student, teacher)
+
+        entity = level_similarities[0]
+        terms["distillation"] = sum(
+            kl_divergence(sim.t(), entity.t()) + kl_divergence(sim, entity) for sim in level_similarities[1:]
+        )
+        loss = sum(
+            terms[f"contrastive_{name}"] + self.config.banzhaf_kl_weight * terms[f"banzhaf_{name}"]
+            for name in LEVEL_NAMES
+        )
+        loss = loss + self.config.distillation_kl_weight * terms["distillation"]
+        return loss, {name: value.detach() for name, value in terms.items()}
+
+    # ----------------------------------------------------------------------------------------
+    # Construction from CLIP
+    # ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_clip_pretrained(cls, clip_name_or_path: str, **hbi_kwargs) -> "HBIModel":
+        """A fresh HBI initialised from a transformers CLIP checkpoint (hub name or local folder),
+        as the official code starts training: CLIP's towers, projections and temperature, frame
+        position embeddings copied from CLIP's text positional embedding, the temporal transformer
+        from CLIP's first text layers; every HBI head freshly initialised."""
+        clip = CLIPModel.from_pretrained(clip_name_or_path)
+        config = HBIConfig(
+            text_config=clip.config.text_config.to_dict(),
+            vision_config=clip.config.vision_config.to_dict(),
+            projection_dim=clip.config.projection_dim,
+            logit_scale_init_value=float(clip.logit_scale.detach()),
+            **hbi_kwargs,
+        )
+        model = cls(config)
+        model.load_clip_weights(clip)
+        return model
+
+    @torch.no_grad()
+    def load_clip_weights(self, clip: CLIPModel) -> None:
+        """Copies a `CLIPModel`'s weights into this model and initialises the temporal module from
+        its text tower (the official initialisation trick)."""
+        self.text_model.load_state_dict(clip.text_model.state_dict())
+        self.vision_model.load_state_dict(clip.vision_model.state_dict())
+        self.text_projection.load_state_dict(clip.text_projection.state_dict())
+        self.visual_projection.load_state_dict(clip.visual_projection.state_dict())
+        self.logit_scale.copy_(clip.logit_scale)
+        if isinstance(self.temporal, TemporalTransformer):
+            self.init_temporal_from_text_tower()
+
+    @torch.no_grad()
+    def init_temporal_from_text_tower(self) -> None:
+        """Frame position embeddings <- the text positional embedding; temporal layers <- the first
+        text layers. Needs the text width to equal `projection_dim` (true of every OpenAI CLIP)."""
+        if not isinstance(self.temporal, TemporalTransformer):
+            raise ValueError(f"temporal_module {self.config.temporal_module!r} has no transformer to initialise")
+        if self.config.text_config.hidden_size != self.config.projection_dim:
+            raise ValueError(
+                f"cannot initialise the temporal transformer (width {self.config.projection_dim}) from a "
+                f"text tower of width {self.config.text_config.hidden_size}"
+            )
+        self.temporal.frame_position_embeddings.weight.copy_(
+            self.text_model.embeddings.position_embedding.weight
+        )
+        for temporal_layer, text_layer in zip(self.temporal.encoder.layers, self.text_model.encoder.layers):
+            temporal_layer.load_state_dict(text_layer.state_dict())
+
+
+def _raise_on_empty_items(mask: torch.Tensor, kind: str, mask_name: str) -> None:
+    empty = (mask.sum(dim=-1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"{mask_name} is all zeros for {kind} item(s) {empty}: every {kind} needs at least one token")

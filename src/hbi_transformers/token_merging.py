@@ -1,0 +1,141 @@
+"""Token merging for the HBI hierarchy: DPC-KNN clustering of words (or frames) into fewer
+tokens, then an attention block that lets each merged token look at the tokens it came from.
+
+Entity level (raw tokens) -> action level -> event level, on each side separately. This mirrors
+the official CTM + TCBlock pair, quirks included (see `cluster_tokens_dpc_knn`).
+"""
+
+import math
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def cluster_tokens_dpc_knn(
+    tokens: torch.Tensor, num_clusters: int, num_neighbors: int, token_mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Assigns every token to one of `num_clusters` centres picked by DPC-KNN.
+
+    Returns `[batch, tokens]` cluster indices; clusters are numbered in descending order of the
+    centres' score (local density x distance to a denser token), and every centre is in its own
+    cluster. As in the official code, distances to padding tokens are replaced by the maximum
+    distance over the WHOLE batch plus one, so the clustering of an item with fewer valid tokens
+    than `num_neighbors` depends on the batch it is in, and a 1e-6 uniform noise breaks density
+    ties (seed torch's RNG for repeatable merges).
+    """
+    batch_size, num_tokens, dim = tokens.shape
+    distances = torch.cdist(tokens, tokens) / math.sqrt(dim)
+    if token_mask is not None:
+        valid = token_mask > 0
+        fill = distances.max() + 1
+        distances = distances * valid[:, None, :] + fill * (~valid[:, None, :])
+
+    # The official code fails when a level has fewer tokens than k; use them all instead.
+    nearest = torch.topk(distances, k=min(num_neighbors, num_tokens), dim=-1, largest=False).values
+    density = (-(nearest**2).mean(dim=-1)).exp()
+    density = density + torch.rand(density.shape, device=density.device, dtype=density.dtype) * 1e-6
+    if token_mask is not None:
+        density = density * valid
+
+    denser = (density[:, None, :] > density[:, :, None]).to(tokens.dtype)
+    max_distance = distances.flatten(1).max(dim=-1).values[:, None, None]
+    distance_to_denser = (distances * denser + max_distance * (1 - denser)).min(dim=-1).values
+
+    centre_score = distance_to_denser * density
+    centres = torch.topk(centre_score, k=num_clusters, dim=-1).indices
+    batch_index = torch.arange(batch_size, device=tokens.device)[:, None]
+    cluster_index = distances[batch_index, centres].argmin(dim=1)
+    cluster_index[batch_index.expand(-1, num_clusters), centres] = torch.arange(
+        num_clusters, device=tokens.device
+    ).expand(batch_size, -1)
+    return cluster_index
+
+
+def merge_clustered_tokens(
+    tokens: torch.Tensor, cluster_index: torch.Tensor, num_clusters: int, token_weight: torch.Tensor
+) -> torch.Tensor:
+    """Weight-normalised average of each cluster's tokens: `[batch, num_clusters, D]`.
+
+    `token_weight` is `[batch, tokens]` (0 for padding); 1e-6 is added to each cluster's total
+    weight, as in the official code.
+    """
+    batch_size, _, dim = tokens.shape
+    cluster_weight = token_weight.new_zeros(batch_size, num_clusters).scatter_add_(1, cluster_index, token_weight)
+    normalized_weight = token_weight / (cluster_weight + 1e-6).gather(1, cluster_index)
+    merged = tokens.new_zeros(batch_size, num_clusters, dim)
+    return merged.scatter_add_(
+        1, cluster_index[..., None].expand(-1, -1, dim), tokens * normalized_weight[..., None]
+    )
+
+
+class TokenClusterMerge(nn.Module):
+    """Scores and clusters tokens, and merges each cluster into one token (official `CTM`).
+
+    A 1-D convolution over the token axis (padding tokens keep their features and leak into their
+    neighbours, as officially), LayerNorm, then a linear score; padding tokens get a score of
+    -inf, so their merge weight `exp(score)` is 0 and the attention block drops them as keys.
+    """
+
+    def __init__(self, dim: int, merge_ratio: float, num_neighbors: int):
+        super().__init__()
+        self.merge_ratio = merge_ratio
+        self.num_neighbors = num_neighbors
+        self.conv = nn.Conv1d(dim, dim, kernel_size=3, padding=1, bias=False)
+        self.norm = nn.LayerNorm(dim)
+        self.score = nn.Linear(dim, 1)
+
+    def num_clusters(self, num_tokens: int) -> int:
+        return max(math.ceil(num_tokens * self.merge_ratio), 1)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None):
+        """Returns `(merged [batch, clusters, D], features [batch, tokens, D], score [batch, tokens])`:
+        the merged tokens, and the processed tokens with their scores (the keys of the attention)."""
+        features = self.norm(tokens + self.conv(tokens.transpose(1, 2)).transpose(1, 2))
+        score = self.score(features).squeeze(-1)
+        if mask is not None:
+            score = score.masked_fill(mask == 0, float("-inf"))
+        num_clusters = self.num_clusters(tokens.shape[1])
+        cluster_index = cluster_tokens_dpc_knn(features, num_clusters, self.num_neighbors, mask)
+        merged = merge_clustered_tokens(features, cluster_index, num_clusters, score.exp())
+        return merged, features, score
+
+
+class MergedTokenAttention(nn.Module):
+    """Merged tokens (queries) attend to the tokens before merging (keys, values), with each key's
+    merge score added to the attention logits; residual on the merged tokens, no MLP (official
+    `TCBlock`). One LayerNorm is shared by queries and keys."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.norm = nn.LayerNorm(dim)
+        self.query = nn.Linear(dim, dim)
+        self.key_value = nn.Linear(dim, 2 * dim)
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, merged: torch.Tensor, keys: torch.Tensor, key_score: torch.Tensor) -> torch.Tensor:
+        batch_size, num_queries, dim = merged.shape
+        num_keys = keys.shape[1]
+        query = self.query(self.norm(merged)).view(batch_size, num_queries, self.num_heads, self.head_dim)
+        key_value = self.key_value(self.norm(keys)).view(batch_size, num_keys, 2, self.num_heads, self.head_dim)
+        query = query.transpose(1, 2)
+        key, value = key_value.permute(2, 0, 3, 1, 4)
+        logits = (query * self.scale) @ key.transpose(-2, -1) + key_score[:, None, None, :]
+        attended = (logits.softmax(dim=-1) @ value).transpose(1, 2).reshape(batch_size, num_queries, dim)
+        return merged + self.out_proj(attended)
+
+
+class TokenMergeBlock(nn.Module):
+    """One step up the hierarchy for one side: cluster + merge, then attention."""
+
+    def __init__(self, dim: int, merge_ratio: float, num_neighbors: int, num_heads: int):
+        super().__init__()
+        self.merge = TokenClusterMerge(dim, merge_ratio, num_neighbors)
+        self.attention = MergedTokenAttention(dim, num_heads)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        merged, features, score = self.merge(tokens, mask)
+        return self.attention(merged, features, score)
