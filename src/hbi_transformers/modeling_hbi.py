@@ -425,8 +425,15 @@ class HBIModel(HBIPreTrainedModel):
         return loss, {name: value.detach() for name, value in terms.items()}
 
     # ----------------------------------------------------------------------------------------
-    # Construction from CLIP
+    # Construction
     # ----------------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        # Loading replaces parameters with trainable ones; the teacher estimator stays frozen.
+        model.banzhaf_teacher.requires_grad_(False)
+        return model
+
     @classmethod
     def from_clip_pretrained(cls, clip_name_or_path: str, **hbi_kwargs) -> "HBIModel":
         """A fresh HBI initialised from a transformers CLIP checkpoint (hub name or local folder),

@@ -14,11 +14,10 @@ PADDING_FRAME_BIAS = -1e6
 
 
 def temporal_encoder_config(config: HBIConfig):
-    """A CLIP text-encoder config for the temporal transformer: CLIP's layer shape (QuickGELU, 4x
-    MLP) at the joint embedding size, with the official TF-style LayerNorm epsilon."""
+    """A CLIP text-encoder config for the temporal transformer: the text layers' shape (so they can
+    initialise it) at the joint embedding size, with the official TF-style LayerNorm epsilon."""
     temporal_config = copy.deepcopy(config.text_config)
     temporal_config.hidden_size = config.projection_dim
-    temporal_config.intermediate_size = 4 * config.projection_dim
     temporal_config.num_hidden_layers = config.temporal_num_layers
     temporal_config.layer_norm_eps = config.temporal_layer_norm_eps
     temporal_config.attention_dropout = 0.0

@@ -1,0 +1,266 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import make_batch, tiny_config
+from transformers import AutoConfig, AutoModel, CLIPConfig, CLIPModel
+
+from hbi_transformers import HBIConfig, HBIModel
+
+
+def seeded_forward(model, batch, seed=0, **kwargs):
+    # Clustering adds 1e-6 noise to densities: seed it so two runs are comparable.
+    torch.manual_seed(seed)
+    return model(**batch, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return HBIModel(tiny_config()).eval()
+
+
+def test_output_shapes_and_scaling(model):
+    batch = make_batch(n_text=3, n_video=5, words=10, frames=12)
+    out = seeded_forward(model, batch)
+    assert out.loss is None and out.loss_terms is None
+    assert out.logits_per_text.shape == (3, 5)
+    assert torch.equal(out.logits_per_video, out.logits_per_text.t())
+    assert len(out.level_logits_per_text) == 3
+    assert out.text_embeds.shape == (3, 10, 32)
+    assert out.video_embeds.shape == (5, 12, 32)
+    # Default level weights (1, 0, 0): the fused logits are the entity level's.
+    torch.testing.assert_close(out.logits_per_text, out.level_logits_per_text[0])
+    # Similarities are in [-1, 1] before the exp(logit_scale) scaling.
+    scale = model.logit_scale.exp()
+    assert (out.level_logits_per_text[0].abs() <= scale + 1e-4).all()
+
+
+def test_level_weights_fuse_levels():
+    torch.manual_seed(0)
+    model = HBIModel(tiny_config(level_weights=[0.4, 0.4, 0.2])).eval()
+    out = seeded_forward(model, make_batch())
+    expected = sum(w * level for w, level in zip([0.4, 0.4, 0.2], out.level_logits_per_text))
+    torch.testing.assert_close(out.logits_per_text, expected)
+
+
+def test_video_mask_defaults_to_all_frames(model):
+    batch = make_batch()
+    batch["video_mask"] = torch.ones_like(batch["video_mask"])
+    with_mask = seeded_forward(model, batch)
+    batch.pop("video_mask")
+    without_mask = seeded_forward(model, batch)
+    torch.testing.assert_close(with_mask.logits_per_text, without_mask.logits_per_text)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 256])
+def test_compute_similarity_matches_forward(model, chunk_size):
+    batch = make_batch(n_text=6, n_video=5)
+    out = seeded_forward(model, batch)
+    with torch.no_grad():
+        texts = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+        videos = model.get_video_features(batch["pixel_values_videos"], batch["video_mask"])
+    torch.manual_seed(0)
+    scores = model.compute_similarity(texts, videos, chunk_size=chunk_size)
+    torch.testing.assert_close(scores.logits_per_text, out.logits_per_text, atol=1e-5, rtol=0)
+    for chunked, full in zip(scores.level_logits_per_text, out.level_logits_per_text):
+        torch.testing.assert_close(chunked, full, atol=1e-5, rtol=0)
+
+
+def test_compute_similarity_merges_each_item_once(model, monkeypatch):
+    batch = make_batch(n_text=7, n_video=5)
+    with torch.no_grad():
+        texts = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+        videos = model.get_video_features(batch["pixel_values_videos"], batch["video_mask"])
+    merged_items = []
+    for level in model.levels[1:]:
+        for block in (level.text_merge, level.video_merge):
+            block.register_forward_hook(lambda module, args, output: merged_items.append(args[0].shape[0]))
+    try:
+        model.compute_similarity(texts, videos, chunk_size=2, merge_group_size=3)
+    finally:
+        for level in model.levels[1:]:
+            level.text_merge._forward_hooks.clear()
+            level.video_merge._forward_hooks.clear()
+    # Two merges per side, each item merged once per level: 2 * (7 + 5) items in all.
+    assert sum(merged_items) == 2 * (7 + 5)
+
+
+def test_loss_and_terms(model):
+    out = seeded_forward(model, make_batch(), return_loss=True)
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    expected_terms = {
+        "contrastive_entity",
+        "contrastive_action",
+        "contrastive_event",
+        "banzhaf_entity",
+        "banzhaf_action",
+        "banzhaf_event",
+        "distillation",
+    }
+    assert set(out.loss_terms) == expected_terms
+    assert all(not term.requires_grad for term in out.loss_terms.values())
+
+
+def test_save_and_load_round_trip(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    saved_config = json.loads((tmp_path / "config.json").read_text())
+    assert saved_config["model_type"] == "hbi"
+    assert saved_config["auto_map"] == {
+        "AutoConfig": "configuration_hbi.HBIConfig",
+        "AutoModel": "modeling_hbi.HBIModel",
+    }
+    reloaded = HBIModel.from_pretrained(tmp_path).eval()
+    for (name, saved), (_, loaded) in zip(model.state_dict().items(), reloaded.state_dict().items()):
+        assert torch.equal(saved, loaded), name
+    batch = make_batch()
+    assert torch.equal(seeded_forward(model, batch).logits_per_text, seeded_forward(reloaded, batch).logits_per_text)
+    assert not any(p.requires_grad for p in reloaded.banzhaf_teacher.parameters())
+
+
+def test_auto_classes(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert isinstance(AutoConfig.from_pretrained(tmp_path), HBIConfig)
+    auto_model = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(auto_model) is HBIModel
+    batch = make_batch()
+    assert torch.equal(seeded_forward(model, batch).logits_per_text, seeded_forward(auto_model, batch).logits_per_text)
+
+
+def test_remote_code_loads_without_the_package(model, tmp_path):
+    model_dir = tmp_path / "hbi"
+    model.save_pretrained(model_dir)
+    for module in ("configuration_hbi", "modeling_hbi", "interaction", "token_merging", "banzhaf", "losses", "temporal"):
+        assert (model_dir / f"{module}.py").exists(), module
+    batch = make_batch()
+    torch.save(batch, tmp_path / "batch.pt")
+    expected = seeded_forward(model, batch).logits_per_text
+    torch.save(expected, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["hbi_transformers"] = None  # any import of the package now fails
+        import torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        batch = torch.load({str(tmp_path / "batch.pt")!r})
+        torch.manual_seed(0)
+        logits = model(**batch).logits_per_text
+        expected = torch.load({str(tmp_path / "expected.pt")!r})
+        assert torch.allclose(logits, expected, atol=1e-6), (logits - expected).abs().max()
+        print("remote code ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote code ok" in result.stdout
+
+
+def test_from_clip_pretrained_local_folder(tmp_path):
+    clip_config = CLIPConfig(
+        text_config=tiny_config().text_config.to_dict(),
+        vision_config=tiny_config().vision_config.to_dict(),
+        projection_dim=32,
+    )
+    torch.manual_seed(0)
+    clip = CLIPModel(clip_config).eval()
+    clip.save_pretrained(tmp_path)
+    model = HBIModel.from_clip_pretrained(str(tmp_path), merge_attention_heads=4, banzhaf_estimator_width=8).eval()
+    assert model.config.projection_dim == 32
+    assert model.config.temporal_num_layers == 4
+    torch.testing.assert_close(model.logit_scale, clip.logit_scale)
+    torch.testing.assert_close(
+        model.temporal.frame_position_embeddings.weight, clip.text_model.embeddings.position_embedding.weight
+    )
+    for temporal_layer, text_layer in zip(model.temporal.encoder.layers, clip.text_model.encoder.layers):
+        for (name, a), (_, b) in zip(temporal_layer.state_dict().items(), text_layer.state_dict().items()):
+            assert torch.equal(a, b), name
+    # The towers are CLIP's: frame embeddings are CLIP's projected image embeddings.
+    batch = make_batch(n_video=2)
+    with torch.no_grad():
+        frames = model.get_video_features(batch["pixel_values_videos"]).frame_embeds
+        clip_images = clip.get_image_features(pixel_values=batch["pixel_values_videos"].flatten(0, 1)).pooler_output
+    torch.testing.assert_close(frames.flatten(0, 1), clip_images)
+
+
+@pytest.mark.parametrize("temporal_module", ["seqLSTM", "meanP", "none"])
+def test_other_temporal_modules(temporal_module):
+    torch.manual_seed(0)
+    model = HBIModel(tiny_config(temporal_module=temporal_module)).eval()
+    batch = make_batch()
+    out = seeded_forward(model, batch, return_loss=True)
+    assert torch.isfinite(out.loss)
+    video = model.get_video_features(batch["pixel_values_videos"], batch["video_mask"])
+    if temporal_module == "seqLSTM":
+        assert not torch.allclose(video.video_embeds, video.frame_embeds)
+    else:
+        assert torch.equal(video.video_embeds, video.frame_embeds)
+
+
+def test_temporal_transformer_ignores_padding_frames(model):
+    batch = make_batch(n_video=2)
+    mask = batch["video_mask"]
+    video = model.get_video_features(batch["pixel_values_videos"], mask).video_embeds
+    changed = batch["pixel_values_videos"].clone()
+    changed[mask == 0] = torch.randn_like(changed[mask == 0])
+    video_changed = model.get_video_features(changed, mask).video_embeds
+    valid = mask.bool()
+    torch.testing.assert_close(video[valid], video_changed[valid], atol=1e-5, rtol=0)
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    model = HBIModel(tiny_config())
+    batch = make_batch()
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.activation_checkpointing_enable()
+            assert model.vision_model.encoder.layers[0].gradient_checkpointing
+        model.zero_grad()
+        seeded_forward(model, batch, return_loss=True).loss.backward()
+        grads.append(model.text_model.embeddings.token_embedding.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda b: b.update(input_ids=b["input_ids"][None]), "input_ids must be"),
+        (lambda b: b.update(attention_mask=b["attention_mask"][:, :-1]), "attention_mask"),
+        (lambda b: b.update(pixel_values_videos=b["pixel_values_videos"][0]), "pixel_values_videos must be"),
+        (lambda b: b.update(video_mask=b["video_mask"][:, :-1]), "video_mask"),
+        (lambda b: b["attention_mask"][2].zero_(), r"all zeros for text item\(s\) \[2\]"),
+        (lambda b: b["video_mask"][1].zero_(), r"all zeros for video item\(s\) \[1\]"),
+    ],
+)
+def test_bad_input_raises_clear_error(model, change, message):
+    batch = make_batch()
+    change(batch)
+    with pytest.raises(ValueError, match=message):
+        model(**batch)
+
+
+def test_loss_needs_matched_pairs(model):
+    with pytest.raises(ValueError, match="matched pairs"):
+        model(**make_batch(n_text=3, n_video=4), return_loss=True)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="temporal_module"):
+        tiny_config(temporal_module="lstm")
+    with pytest.raises(ValueError, match="level_weights"):
+        tiny_config(level_weights=[1.0, 0.0])
+    with pytest.raises(ValueError, match="text_merge_ratios"):
+        tiny_config(text_merge_ratios=[0.25])
