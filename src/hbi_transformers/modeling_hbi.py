@@ -475,6 +475,11 @@ class HBIModel(HBIPreTrainedModel):
                 f"cannot initialise the temporal transformer (width {self.config.projection_dim}) from a "
                 f"text tower of width {self.config.text_config.hidden_size}"
             )
+        if self.config.temporal_num_layers > self.config.text_config.num_hidden_layers:
+            raise ValueError(
+                f"cannot initialise {self.config.temporal_num_layers} temporal layers from a text tower of "
+                f"{self.config.text_config.num_hidden_layers} layers"
+            )
         self.temporal.frame_position_embeddings.weight.copy_(
             self.text_model.embeddings.position_embedding.weight
         )
