@@ -25,6 +25,7 @@ setup(
         "pillow",
         "numpy",
         "tqdm",
+        "ftfy",
     ],
     extras_require={
         "test": ["pytest>=8"],

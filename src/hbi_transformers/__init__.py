@@ -1,7 +1,7 @@
 """hbi-transformers: Hierarchical Banzhaf Interaction (HBI) for text-video retrieval, as a
 Hugging Face transformers model."""
 
-from transformers import AutoConfig, AutoModel
+from transformers import AutoConfig, AutoModel, AutoProcessor, AutoVideoProcessor
 
 from .configuration_hbi import HBIConfig
 from .modeling_hbi import (
@@ -12,20 +12,31 @@ from .modeling_hbi import (
     HBITextOutput,
     HBIVideoOutput,
 )
+from .processing_hbi import HBIProcessor, HBIVideoProcessor
+from .video_io import DecodedVideo, VideoDecodingError, read_video
 
 AutoConfig.register(HBIConfig.model_type, HBIConfig, exist_ok=True)
 AutoModel.register(HBIConfig, HBIModel, exist_ok=True)
+AutoVideoProcessor.register(HBIConfig, HBIVideoProcessor, exist_ok=True)
+AutoProcessor.register(HBIConfig, HBIProcessor, exist_ok=True)
 # Saved or pushed models then carry `auto_map` and their code, so that
 # `AutoModel.from_pretrained(path, trust_remote_code=True)` works without this package.
 HBIConfig.register_for_auto_class()
 HBIModel.register_for_auto_class("AutoModel")
+HBIVideoProcessor.register_for_auto_class("AutoVideoProcessor")
+HBIProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "DecodedVideo",
     "HBIConfig",
     "HBIModel",
     "HBIOutput",
     "HBIPreTrainedModel",
+    "HBIProcessor",
     "HBISimilarityOutput",
     "HBITextOutput",
     "HBIVideoOutput",
+    "HBIVideoProcessor",
+    "VideoDecodingError",
+    "read_video",
 ]

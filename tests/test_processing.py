@@ -1,0 +1,174 @@
+import gzip
+
+import av
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from PIL import Image
+from transformers import AutoProcessor, AutoVideoProcessor
+
+from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor, VideoDecodingError
+from hbi_transformers.clip_vocabulary import build_clip_tokenizer
+
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
+TINY_MERGES = ["c a", "ca t</w>", "d o", "do g</w>"]
+SOT, EOT, CAT, DOG = 516, 517, 513, 515
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bpe") / "bpe.txt.gz"
+    with gzip.open(path, "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(["#version: tiny", *TINY_MERGES]) + "\n")
+    return build_clip_tokenizer(path, num_merges=len(TINY_MERGES))
+
+
+def textured_frames(num_frames, height=48, width=80, seed=0):
+    """Smooth colour gradients (so compression keeps them) shifted per frame."""
+    y, x = np.mgrid[0:height, 0:width]
+    frames = []
+    for index in range(num_frames):
+        red = (x * 3 + index * 9) % 256
+        green = (y * 5 + index * 4) % 256
+        blue = ((x + y) * 2 + seed * 40) % 256
+        frames.append(np.stack([red, green, blue], axis=-1).astype(np.uint8))
+    return np.stack(frames)
+
+
+def write_mp4(path, frames, fps=10):
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv444p"
+        stream.options = {"crf": "0"}  # lossless, so decoded frames equal the written ones
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def pil_reference(frame, size=224):
+    """The official transform written with PIL: resize shortest edge (bicubic), centre crop,
+    scale to [0, 1], normalise with CLIP's mean and std."""
+    image = Image.fromarray(frame)
+    width, height = image.size
+    scale = size / min(width, height)
+    new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+    image = image.resize(new_size, Image.BICUBIC)
+    left, top = (new_size[0] - size) // 2, (new_size[1] - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    pixels = np.asarray(image, dtype=np.float64) / 255.0
+    return ((pixels - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)
+
+
+def test_pixel_values_match_pil_reference(tmp_path):
+    frames = textured_frames(25)
+    path = write_mp4(tmp_path / "clip.mp4", frames, fps=10)
+    out = HBIVideoProcessor()(str(path), return_tensors="pt", return_metadata=True)
+    # 2.5 s at 10 fps, 1 frame per second: frames 0, 10, 20.
+    assert out["video_metadata"][0]["frame_indices"] == [0, 10, 20]
+    assert out["video_mask"].tolist() == [[1] * 3 + [0] * 9]
+    pixel_values = out["pixel_values_videos"]
+    assert pixel_values.shape == (1, 12, 3, 224, 224)
+    for slot, index in enumerate([0, 10, 20]):
+        reference = torch.from_numpy(pil_reference(frames[index])).float()
+        difference = (pixel_values[0, slot] - reference).abs()
+        # Tensor and PIL bicubic kernels differ slightly; on average they agree to well under 1/255.
+        assert difference.mean() < 0.01 and difference.max() < 0.15
+    assert torch.count_nonzero(pixel_values[0, 3:]) == 0
+
+
+def test_batch_padding_segments_and_inputs(tmp_path):
+    long_clip = write_mp4(tmp_path / "long.mp4", textured_frames(60), fps=10)
+    decoded = textured_frames(30, seed=1)
+    pil_clip = [Image.fromarray(frame) for frame in textured_frames(4, seed=2)]
+    processor = HBIVideoProcessor(max_frames=5)
+    out = processor(
+        [long_clip, decoded, pil_clip, torch.from_numpy(decoded).permute(0, 3, 1, 2)],
+        video_segments=[(1.7, 3.2), None, None, None],
+        return_tensors="pt",
+        return_metadata=True,
+    )
+    # Segment [1, 3] s at 10 fps: frames 10, 20, 30.
+    assert out["video_metadata"][0]["frame_indices"] == [10, 20, 30]
+    assert out["video_mask"].sum(dim=1).tolist() == [3, 5, 4, 5]
+    # Decoded arrays are capped at max_frames evenly (linspace): channels-first tensors too.
+    torch.testing.assert_close(out["pixel_values_videos"][1], out["pixel_values_videos"][3])
+    expected_first = torch.from_numpy(pil_reference(decoded[0])).float()
+    assert (out["pixel_values_videos"][1, 0] - expected_first).abs().mean() < 0.01
+
+
+def test_bad_videos_raise_clear_errors(tmp_path):
+    processor = HBIVideoProcessor()
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"not a video at all" * 100)
+    with pytest.raises(VideoDecodingError, match="corrupt.mp4"):
+        processor([str(corrupt)])
+    with pytest.raises(VideoDecodingError, match="missing.mp4"):
+        processor([str(tmp_path / "missing.mp4")])
+    with pytest.raises(ValueError, match=r"video 0: expected \[frames, H, W, 3\]"):
+        processor([np.zeros((4, 5, 6), np.uint8)])
+    with pytest.raises(ValueError, match="video_segments has 2 entries for 1 videos"):
+        processor([textured_frames(3)], video_segments=[None, None])
+
+
+def test_augmentation_is_reproducible_and_off_by_default():
+    clip = textured_frames(4)
+    processor = HBIVideoProcessor(max_frames=4)
+    plain = processor([clip], return_tensors="pt")["pixel_values_videos"]
+    augmented = [
+        processor([clip], do_augment=True, generator=torch.Generator().manual_seed(seed), return_tensors="pt")[
+            "pixel_values_videos"
+        ]
+        for seed in (3, 3, 4)
+    ]
+    torch.testing.assert_close(augmented[0], augmented[1])
+    assert not torch.equal(augmented[0], augmented[2])
+    assert not torch.equal(plain, augmented[0]) or not torch.equal(plain, augmented[2])
+    torch.testing.assert_close(plain, processor([clip], return_tensors="pt")["pixel_values_videos"])
+
+
+def test_text_layout(tokenizer):
+    processor = HBIProcessor(HBIVideoProcessor(), tokenizer, max_words=5)
+    out = processor(text=["Cat", "cat  DOG &amp; dog cat dog"], return_tensors="pt")
+    # "&amp;" is unescaped to "&", a word of its own: byte symbol 5 with the end-of-word mark.
+    ampersand = 256 + 5
+    assert out["input_ids"].tolist() == [[SOT, CAT, EOT, 0, 0], [SOT, CAT, DOG, ampersand, EOT]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]
+    assert "pixel_values_videos" not in out
+    with pytest.raises(ValueError, match="caption 1 is empty"):
+        processor(text=["cat", "  \n "])
+    with pytest.raises(ValueError, match="needs text, videos or both"):
+        processor()
+
+
+def test_processor_round_trip_and_auto_classes(tokenizer, tmp_path):
+    processor = HBIProcessor(HBIVideoProcessor(max_frames=6, video_framerate=2.0), tokenizer, max_words=7)
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(reloaded, HBIProcessor)
+    assert reloaded.max_words == 7
+    assert reloaded.video_processor.max_frames == 6 and reloaded.video_processor.video_framerate == 2.0
+    assert isinstance(AutoVideoProcessor.from_pretrained(tmp_path), HBIVideoProcessor)
+    clip = textured_frames(9)
+    original = processor(text=["cat dog"], videos=[clip], return_tensors="pt")
+    again = reloaded(text=["cat dog"], videos=[clip], return_tensors="pt")
+    for key in ("input_ids", "attention_mask", "pixel_values_videos", "video_mask"):
+        torch.testing.assert_close(original[key], again[key])
+
+
+def test_model_runs_on_processor_output(tokenizer, tmp_path):
+    config = tiny_config(text_config={**tiny_config().text_config.to_dict(), "vocab_size": len(tokenizer)})
+    model = HBIModel(config).eval()
+    processor = HBIProcessor(
+        HBIVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer, max_words=8
+    )
+    clips = [write_mp4(tmp_path / f"{i}.mp4", textured_frames(40, seed=i), fps=8) for i in range(2)]
+    inputs = processor(text=["cat", "dog cat"], videos=[str(c) for c in clips], return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs, return_loss=True)
+    assert out.logits_per_text.shape == (2, 2) and torch.isfinite(out.loss)
