@@ -29,3 +29,32 @@ def banzhaf_kl(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     second term normalises over the batch axis."""
     reverse = (2, 1, 0)
     return kl_divergence(student, teacher) + kl_divergence(student.permute(reverse), teacher.permute(reverse))
+
+
+def distributed_world_size() -> int:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_world_size()
+    return 1
+
+
+def gather_from_all_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenates every process's `tensor` along the batch axis, in rank order, differentiably.
+
+    The backward pass sums, over all processes, the gradient each one computes for this process's
+    shard (`torch.distributed.nn.functional.all_gather`), so that after DDP averages the parameter
+    gradients every parameter receives the single-process gradient of the loss on the global batch.
+    (The official HBI all-gather returns each rank's slice without that sum, which under-weights
+    the encoders' gradient by the world size.) Batches of different sizes are padded for the
+    exchange and cut back to size.
+    """
+    if distributed_world_size() == 1:
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    local_size = torch.tensor([tensor.shape[0]], device=tensor.device)
+    sizes = [torch.zeros_like(local_size) for _ in range(distributed_world_size())]
+    torch.distributed.all_gather(sizes, local_size)
+    sizes = [int(size) for size in sizes]
+    padded = F.pad(tensor, [0, 0] * (tensor.dim() - 1) + [0, max(sizes) - tensor.shape[0]])
+    shards = all_gather(padded)
+    return torch.cat([shard[:size] for shard, size in zip(shards, sizes)])

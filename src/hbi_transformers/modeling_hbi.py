@@ -19,7 +19,7 @@ from .interaction import (
     matched_word_frame_similarity,
     weighted_token_interaction,
 )
-from .losses import banzhaf_kl, kl_divergence, symmetric_info_nce
+from .losses import banzhaf_kl, gather_from_all_processes, kl_divergence, symmetric_info_nce
 from .temporal import TemporalLSTM, TemporalTransformer, build_temporal_module
 from .token_merging import MergedTokenAttention, TokenClusterMerge, TokenMergeBlock
 
@@ -361,12 +361,26 @@ class HBIModel(HBIPreTrainedModel):
         video_mask (`torch.LongTensor` of shape `(n_video, frames)`, *optional*): 1 for real frames,
             all ones when omitted.
         return_loss (`bool`, *optional*): compute the training objective; text i and video i are
-            then a matched pair, so `n_text` must equal `n_video`.
+            then a matched pair, so `n_text` must equal `n_video`. Under torch.distributed the
+            embeddings of all processes are gathered first, so the logits are then those of the
+            global batch.
         """
         text_outputs = self.get_text_features(input_ids, attention_mask)
         video_outputs = self.get_video_features(pixel_values_videos, video_mask)
-        text_levels = self.text_levels(text_outputs.text_embeds, text_outputs.attention_mask)
-        video_levels = self.video_levels(video_outputs.video_embeds, video_outputs.video_mask)
+        if return_loss and input_ids.shape[0] != pixel_values_videos.shape[0]:
+            raise ValueError(
+                f"return_loss needs matched pairs: got {input_ids.shape[0]} texts and "
+                f"{pixel_values_videos.shape[0]} videos"
+            )
+        text_embeds, text_mask = text_outputs.text_embeds, text_outputs.attention_mask
+        video_embeds, video_mask = video_outputs.video_embeds, video_outputs.video_mask
+        if return_loss:
+            # As officially, the loss sees the global batch: every process's pairs are negatives.
+            text_embeds, text_mask, video_embeds, video_mask = (
+                gather_from_all_processes(tensor) for tensor in (text_embeds, text_mask, video_embeds, video_mask)
+            )
+        text_levels = self.text_levels(text_embeds, text_mask)
+        video_levels = self.video_levels(video_embeds, video_mask)
         level_similarities = [
             weighted_token_interaction(text, video) for text, video in zip(text_levels, video_levels)
         ]
@@ -374,11 +388,6 @@ class HBIModel(HBIPreTrainedModel):
 
         loss = loss_terms = None
         if return_loss:
-            if input_ids.shape[0] != pixel_values_videos.shape[0]:
-                raise ValueError(
-                    f"return_loss needs matched pairs: got {input_ids.shape[0]} texts and "
-                    f"{pixel_values_videos.shape[0]} videos"
-                )
             loss, loss_terms = self.hbi_loss(level_similarities, text_levels, video_levels)
 
         return HBIOutput(
@@ -398,7 +407,7 @@ class HBIModel(HBIPreTrainedModel):
         video_levels: list[LevelTokens],
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The retrieval objective (spec section 5) over a batch of matched pairs, where text i
-        goes with video i. Under distributed training, pass the gathered features' levels."""
+        goes with video i."""
         scale = self.logit_scale.exp()
         terms = {}
         for index, (name, level) in enumerate(zip(LEVEL_NAMES, self.levels)):
