@@ -275,3 +275,27 @@ def test_config_validation():
         tiny_config(level_weights=[1.0, 0.0])
     with pytest.raises(ValueError, match="text_merge_ratios"):
         tiny_config(text_merge_ratios=[0.25])
+
+
+def test_same_video_positives_is_opt_in():
+    torch.manual_seed(0)
+    batch = make_batch()
+    # Pairs 0 and 1 are declared to show the same video.
+    video_index = torch.tensor([0, 0, 1, 2])
+    # A large temperature scale so that the two targets give clearly different losses.
+    official = HBIModel(tiny_config(logit_scale_init_value=8.0)).eval()
+    soft = HBIModel(tiny_config(same_video_positives=True)).eval()
+    soft.load_state_dict(official.state_dict())
+    diagonal = seeded_forward(official, batch, return_loss=True, video_index=video_index)
+    shared = seeded_forward(soft, batch, return_loss=True, video_index=video_index)
+    without_index = seeded_forward(soft, batch, return_loss=True)
+    torch.testing.assert_close(diagonal.loss, without_index.loss)
+    logits = shared.level_logits_per_text[0]
+    expected = 0
+    for matrix in (logits, logits.t()):
+        log_probs = matrix.log_softmax(dim=-1)
+        rows = [-(log_probs[0, 0] + log_probs[0, 1]) / 2, -(log_probs[1, 0] + log_probs[1, 1]) / 2, -log_probs[2, 2],
+                -log_probs[3, 3]]
+        expected = expected + sum(rows) / 4 / 2
+    torch.testing.assert_close(shared.loss_terms["contrastive_entity"], expected)
+    assert (shared.loss_terms["contrastive_entity"] - diagonal.loss_terms["contrastive_entity"]).abs() > 1e-3

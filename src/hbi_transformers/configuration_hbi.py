@@ -54,6 +54,10 @@ class HBIConfig(PretrainedConfig):
         mask_entity_banzhaf_maps (`bool`, *optional*, defaults to `True`):
             Mask padding words and frames in the entity-level Banzhaf maps before the KL (as in
             retrieval; video QA does not).
+        same_video_positives (`bool`, *optional*, defaults to `False`):
+            When the batch carries a `video_index`, treat every pair of the same video as a positive
+            in the InfoNCE terms (soft targets). Off by default: the official loss takes only the
+            diagonal, so two captions of one video in a batch are each other's negatives.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal init of the HBI heads.
 
@@ -89,6 +93,7 @@ class HBIConfig(PretrainedConfig):
     banzhaf_kl_weight: float = 1.0
     distillation_kl_weight: float = 0.2
     mask_entity_banzhaf_maps: bool = True
+    same_video_positives: bool = False
     initializer_range: float = 0.02
 
     def __post_init__(self, **kwargs):

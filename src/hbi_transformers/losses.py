@@ -4,14 +4,25 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of each row against its diagonal entry (the matched pair), averaged."""
-    return -torch.diagonal(F.log_softmax(logits, dim=-1)).mean()
+def info_nce(logits: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of each row against its diagonal entry (the matched pair), averaged; or, with
+    `targets` (rows summing to 1), against that distribution."""
+    log_probs = F.log_softmax(logits, dim=-1)
+    if targets is None:
+        return -torch.diagonal(log_probs).mean()
+    return -(targets * log_probs).sum(dim=-1).mean()
 
 
-def symmetric_info_nce(logits_per_text: torch.Tensor) -> torch.Tensor:
+def same_video_targets(video_index: torch.Tensor) -> torch.Tensor:
+    """Row i spreads its target evenly over every pair whose video is pair i's video, so that two
+    captions of one video in a batch are not each other's negatives. Symmetric."""
+    same = (video_index[:, None] == video_index[None, :]).float()
+    return same / same.sum(dim=-1, keepdim=True)
+
+
+def symmetric_info_nce(logits_per_text: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of the text-to-video and video-to-text InfoNCE losses."""
-    return (info_nce(logits_per_text) + info_nce(logits_per_text.t())) / 2
+    return (info_nce(logits_per_text, targets) + info_nce(logits_per_text.t(), targets)) / 2
 
 
 def kl_divergence(input_logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:

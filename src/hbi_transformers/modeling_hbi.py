@@ -19,7 +19,13 @@ from .interaction import (
     matched_word_frame_similarity,
     weighted_token_interaction,
 )
-from .losses import banzhaf_kl, gather_from_all_processes, kl_divergence, symmetric_info_nce
+from .losses import (
+    banzhaf_kl,
+    gather_from_all_processes,
+    kl_divergence,
+    same_video_targets,
+    symmetric_info_nce,
+)
 from .temporal import TemporalLSTM, TemporalTransformer, build_temporal_module
 from .token_merging import MergedTokenAttention, TokenClusterMerge, TokenMergeBlock
 
@@ -352,6 +358,7 @@ class HBIModel(HBIPreTrainedModel):
         pixel_values_videos: torch.Tensor,
         video_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
+        video_index: torch.Tensor | None = None,
         **kwargs,
     ) -> HBIOutput:
         r"""
@@ -364,6 +371,8 @@ class HBIModel(HBIPreTrainedModel):
             then a matched pair, so `n_text` must equal `n_video`. Under torch.distributed the
             embeddings of all processes are gathered first, so the logits are then those of the
             global batch.
+        video_index (`torch.LongTensor` of shape `(n_text,)`, *optional*): which video each pair
+            shows; with `config.same_video_positives`, pairs of one video are not negatives.
         """
         text_outputs = self.get_text_features(input_ids, attention_mask)
         video_outputs = self.get_video_features(pixel_values_videos, video_mask)
@@ -388,7 +397,10 @@ class HBIModel(HBIPreTrainedModel):
 
         loss = loss_terms = None
         if return_loss:
-            loss, loss_terms = self.hbi_loss(level_similarities, text_levels, video_levels)
+            targets = None
+            if self.config.same_video_positives and video_index is not None:
+                targets = same_video_targets(gather_from_all_processes(video_index))
+            loss, loss_terms = self.hbi_loss(level_similarities, text_levels, video_levels, targets)
 
         return HBIOutput(
             loss=loss,
@@ -405,14 +417,15 @@ class HBIModel(HBIPreTrainedModel):
         level_similarities: list[torch.Tensor],
         text_levels: list[LevelTokens],
         video_levels: list[LevelTokens],
+        contrastive_targets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The retrieval objective (spec section 5) over a batch of matched pairs, where text i
-        goes with video i."""
+        goes with video i (or with the target distribution `contrastive_targets`)."""
         scale = self.logit_scale.exp()
         terms = {}
         for index, (name, level) in enumerate(zip(LEVEL_NAMES, self.levels)):
             text, video = text_levels[index], video_levels[index]
-            terms[f"contrastive_{name}"] = symmetric_info_nce(level_similarities[index] * scale)
+            terms[f"contrastive_{name}"] = symmetric_info_nce(level_similarities[index] * scale, contrastive_targets)
             similarity_map = matched_word_frame_similarity(text, video)
             student = level.banzhaf_student(similarity_map)
             with torch.no_grad():

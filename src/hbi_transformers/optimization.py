@@ -1,0 +1,82 @@
+"""The official HBI optimisation recipe: parameter groups, the "BertAdam" optimiser, and the
+warm-up + cosine schedule over a fixed horizon (spec section 5)."""
+
+import math
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+# Parameters of the CLIP towers: the official code names them `clip.*` and trains them at
+# `learning_rate * coef_lr`. The official temporal transformer (`transformerClip`) is not among them.
+CLIP_PARAMETER_PREFIXES = ("text_model.", "vision_model.", "text_projection.", "visual_projection.", "logit_scale")
+
+
+def hbi_parameter_groups(model: torch.nn.Module, learning_rate: float, coef_lr: float, weight_decay: float) -> list[dict]:
+    """The official four groups: CLIP or not x decayed or not. Only names containing "bias" skip
+    weight decay (LayerNorm weights, embeddings, logit_scale and the estimators' Q/K/V are
+    decayed, as officially). Frozen parameters are left out."""
+    groups = {
+        (is_clip, decayed): {"params": [], "lr": learning_rate * (coef_lr if is_clip else 1.0),
+                             "weight_decay": weight_decay if decayed else 0.0}
+        for is_clip in (True, False)
+        for decayed in (True, False)
+    }
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            groups[(name.startswith(CLIP_PARAMETER_PREFIXES), "bias" not in name)]["params"].append(parameter)
+    return [group for group in groups.values() if group["params"]]
+
+
+class BertAdam(torch.optim.Optimizer):
+    """Adam as the official HBI code runs it: no bias correction, each parameter tensor's gradient
+    clipped to `max_grad_norm` before the moments are updated, and weight decay added to the
+    update (`p -= lr * (m / (sqrt(v) + eps) + weight_decay * p)`). The learning rate schedule is
+    left to a scheduler (see `warmup_cosine_schedule`)."""
+
+    def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.98), eps: float = 1e-6, weight_decay: float = 0.2,
+                 max_grad_norm: float = 1.0):
+        if lr < 0 or eps < 0 or not all(0 <= beta < 1 for beta in betas):
+            raise ValueError(f"invalid BertAdam settings: lr={lr}, betas={betas}, eps={eps}")
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for parameter in group["params"]:
+                if parameter.grad is None:
+                    continue
+                if group["max_grad_norm"] > 0:
+                    torch.nn.utils.clip_grad_norm_(parameter, group["max_grad_norm"])
+                grad = parameter.grad
+                state = self.state[parameter]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(parameter)
+                    state["exp_avg_sq"] = torch.zeros_like(parameter)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                update = exp_avg / (exp_avg_sq.sqrt() + group["eps"])
+                if group["weight_decay"] > 0:
+                    update.add_(parameter, alpha=group["weight_decay"])
+                parameter.add_(update, alpha=-group["lr"])
+        return loss
+
+
+def warmup_cosine(progress: float, warmup: float) -> float:
+    """The official multiplier at `progress` = step / t_total: linear warm-up, then half a cosine
+    (which, past t_total, rises again: the official horizon is fixed whatever the epoch count)."""
+    if progress < warmup:
+        return progress / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup: float = 0.1) -> LambdaLR:
+    """`total_steps` is the official t_total: optimisation steps of 5 epochs."""
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    return LambdaLR(optimizer, lambda step: warmup_cosine(step / total_steps, warmup))
