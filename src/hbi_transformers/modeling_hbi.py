@@ -157,6 +157,8 @@ class HBIPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     input_modalities = ("video", "text")
     supports_gradient_checkpointing = True
+    # The loss is a mean over the (global) batch: the Trainer scales it for gradient accumulation.
+    accepts_loss_kwargs = False
     _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
     _supports_sdpa = True
 
@@ -359,7 +361,6 @@ class HBIModel(HBIPreTrainedModel):
         video_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
         video_index: torch.Tensor | None = None,
-        **kwargs,
     ) -> HBIOutput:
         r"""
         input_ids (`torch.LongTensor` of shape `(n_text, words)`): CLIP token ids, padded with 0.
