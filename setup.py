@@ -26,9 +26,12 @@ setup(
         "numpy",
         "tqdm",
         "ftfy",
+        "datasets>=4.0",
+        "accelerate>=1.0",
     ],
     extras_require={
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "evaluate==0.4.6"],
+        "evaluate": ["evaluate==0.4.6"],
         "video": ["av>=12", "decord>=0.6; platform_machine == 'x86_64'"],
     },
     entry_points={
