@@ -29,6 +29,12 @@ class BanzhafEstimator(nn.Module):
         self.key = nn.Parameter(torch.empty(width, width))
         self.value = nn.Parameter(torch.empty(width, width))
         self.conv_out = nn.Conv2d(width, 1, kernel_size=3, padding=1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The official init of the attention matrices (the convolutions keep torch's default)."""
+        for matrix in (self.query, self.key, self.value):
+            nn.init.xavier_uniform_(matrix, gain=1.414)
 
     def forward(self, similarity_map: torch.Tensor) -> torch.Tensor:
         """`similarity_map` `[batch, words, frames]` -> interaction map of the same shape."""

@@ -279,17 +279,23 @@ class HBIModel(HBIPreTrainedModel):
     # ----------------------------------------------------------------------------------------
     # Hierarchy and scores
     # ----------------------------------------------------------------------------------------
-    def text_levels(self, text_embeds: torch.Tensor, attention_mask: torch.Tensor) -> list[LevelTokens]:
-        """The entity, action and event tokens of a batch of texts, merged together as one batch."""
-        return self._levels(text_embeds, attention_mask, "text")
+    def text_levels(
+        self, text_embeds: torch.Tensor, attention_mask: torch.Tensor, num_levels: int | None = None
+    ) -> list[LevelTokens]:
+        """The entity, action and event tokens (the first `num_levels` of them) of a batch of texts,
+        merged together as one batch."""
+        return self._levels(text_embeds, attention_mask, "text", num_levels)
 
-    def video_levels(self, video_embeds: torch.Tensor, video_mask: torch.Tensor) -> list[LevelTokens]:
-        """The entity, action and event tokens of a batch of videos, merged together as one batch."""
-        return self._levels(video_embeds, video_mask, "video")
+    def video_levels(
+        self, video_embeds: torch.Tensor, video_mask: torch.Tensor, num_levels: int | None = None
+    ) -> list[LevelTokens]:
+        """The entity, action and event tokens (the first `num_levels` of them) of a batch of videos,
+        merged together as one batch."""
+        return self._levels(video_embeds, video_mask, "video", num_levels)
 
-    def _levels(self, tokens: torch.Tensor, mask: torch.Tensor, side: str) -> list[LevelTokens]:
+    def _levels(self, tokens: torch.Tensor, mask: torch.Tensor, side: str, num_levels: int | None = None):
         levels = []
-        for level in self.levels:
+        for level in self.levels[:num_levels]:
             merge = getattr(level, f"{side}_merge")
             if merge is not None:
                 # Merged tokens are never padding: levels above the entity level are unmasked.

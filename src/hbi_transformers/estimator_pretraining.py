@@ -1,0 +1,211 @@
+"""Pre-training of the Banzhaf interaction estimator that HBI uses as its frozen teacher
+(spec section 4).
+
+The recipe: an HBI model (CLIP, temporal module, frame position embeddings and entity-level weight
+heads) stays frozen and gives, for every matched text-video pair, its entity-level word-frame
+similarity map and token weights; Monte Carlo Banzhaf interaction labels (100 samples, official
+semantics) are computed from them once and cached as safetensors shards; the estimator then
+learns to predict the labels from the map (MSE against the masked prediction), with the official
+optimiser (BertAdam, lr 1e-2, weight decay 0.2, 10% warm-up then cosine over 5 epochs).
+
+The saved file holds a `BanzhafEstimator` state dict; an HBI model takes it as its teacher with
+`model.banzhaf_teacher.load_state_dict(load_estimator_state_dict(path))`, which also reads the
+official estimator checkpoints.
+"""
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .banzhaf import BanzhafEstimator, monte_carlo_banzhaf_interaction
+from .conversion import convert_estimator_state_dict
+from .interaction import matched_word_frame_similarity
+from .modeling_hbi import HBIModel
+from .optimization import BertAdam, warmup_cosine_schedule
+
+SHARD_KEYS = ("similarity_map", "text_mask", "video_mask", "labels")
+MANIFEST = "labels.json"
+
+
+@torch.no_grad()
+def entity_similarity_maps(model: HBIModel, batch: dict) -> dict[str, torch.Tensor]:
+    """The entity-level word-frame similarity map of each matched pair `[batch, words, frames]`
+    (masked, as the official estimator sees it) with the masks and the softmaxed token weights."""
+    text = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+    video = model.get_video_features(batch["pixel_values_videos"], batch.get("video_mask"))
+    text_entity = model.text_levels(text.text_embeds, text.attention_mask, num_levels=1)[0]
+    video_entity = model.video_levels(video.video_embeds, video.video_mask, num_levels=1)[0]
+    return {
+        "similarity_map": matched_word_frame_similarity(text_entity, video_entity),
+        "text_mask": text.attention_mask,
+        "video_mask": video.video_mask,
+        "text_weight": text_entity.weights,
+        "video_weight": video_entity.weights,
+    }
+
+
+def write_label_shards(
+    model: HBIModel,
+    batches: Iterable[dict],
+    output_dir: str | Path,
+    num_samples: int = 100,
+    seed: int = 0,
+    pairs_per_shard: int = 4096,
+) -> int:
+    """Computes the Monte Carlo labels of every pair in `batches` once and writes them, with the
+    maps and masks, as safetensors shards plus a manifest. Returns the number of pairs."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    pending, shard_names, total = [], [], 0
+    model.eval()
+    for batch in tqdm(batches, desc="Banzhaf labels", unit="batch"):
+        batch = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
+        maps = entity_similarity_maps(model, batch)
+        labels = monte_carlo_banzhaf_interaction(
+            maps["similarity_map"], maps["text_mask"], maps["video_mask"], maps["text_weight"],
+            maps["video_weight"], num_samples=num_samples, generator=generator,
+        )
+        pending.append({**{key: maps[key].cpu() for key in SHARD_KEYS[:3]}, "labels": labels.cpu()})
+        total += labels.shape[0]
+        if sum(item["labels"].shape[0] for item in pending) >= pairs_per_shard:
+            shard_names.append(_write_shard(pending, output_dir, len(shard_names)))
+            pending = []
+    if pending:
+        shard_names.append(_write_shard(pending, output_dir, len(shard_names)))
+    manifest = {"pairs": total, "num_samples": num_samples, "seed": seed, "shards": shard_names,
+                "model": model.config.name_or_path}
+    (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return total
+
+
+def _write_shard(parts: list[dict], output_dir: Path, index: int) -> str:
+    name = f"labels-{index:05d}.safetensors"
+    tensors = {key: torch.cat([part[key] for part in parts]).contiguous() for key in SHARD_KEYS}
+    save_file(tensors, str(output_dir / name))
+    return name
+
+
+class LabelShardDataset(torch.utils.data.Dataset):
+    """Cached maps, masks and labels, one pair per item (all shards are held in memory: a pair of
+    24 words x 12 frames is 2.4 kB)."""
+
+    def __init__(self, label_dir: str | Path):
+        label_dir = Path(label_dir)
+        manifest_path = label_dir / MANIFEST
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"{label_dir} holds no Banzhaf label cache ({MANIFEST} is missing)")
+        self.manifest = json.loads(manifest_path.read_text())
+        shards = [load_file(str(label_dir / name)) for name in self.manifest["shards"]]
+        self.tensors = {key: torch.cat([shard[key] for shard in shards]) for key in SHARD_KEYS}
+
+    def __len__(self) -> int:
+        return self.tensors["labels"].shape[0]
+
+    def __getitem__(self, index):
+        return {key: value[index] for key, value in self.tensors.items()}
+
+
+def masked_prediction(estimator: BanzhafEstimator, batch: dict) -> torch.Tensor:
+    mask = batch["text_mask"][:, :, None] * batch["video_mask"][:, None, :]
+    return estimator(batch["similarity_map"]) * mask.to(batch["similarity_map"].dtype)
+
+
+def estimator_mse(estimator: BanzhafEstimator, batch: dict) -> torch.Tensor:
+    """The official loss: mean squared error over every cell of the maps, with the prediction
+    masked (labels are already 0 on padding)."""
+    return torch.nn.functional.mse_loss(masked_prediction(estimator, batch), batch["labels"])
+
+
+@dataclass
+class EstimatorEpoch:
+    epoch: int
+    train_mse: float
+    heldout_mse: float
+    mean_baseline_mse: float
+
+
+@torch.no_grad()
+def heldout_mse(estimator: BanzhafEstimator, loader, label_mean: float) -> tuple[float, float]:
+    """MSE of the estimator and of predicting `label_mean` on every real cell (0 on padding)."""
+    estimator.eval()
+    squared_error = baseline_error = cells = 0.0
+    for batch in loader:
+        mask = (batch["text_mask"][:, :, None] * batch["video_mask"][:, None, :]).float()
+        squared_error += float(((masked_prediction(estimator, batch) - batch["labels"]) ** 2).sum())
+        baseline_error += float(((label_mean * mask - batch["labels"]) ** 2).sum())
+        cells += batch["labels"].numel()
+    return squared_error / cells, baseline_error / cells
+
+
+def train_estimator(
+    estimator: BanzhafEstimator,
+    train_data: torch.utils.data.Dataset,
+    heldout_data: torch.utils.data.Dataset | None = None,
+    learning_rate: float = 1e-2,
+    epochs: int = 10,
+    batch_size: int = 128,
+    weight_decay: float = 0.2,
+    warmup: float = 0.1,
+    schedule_epochs: float = 5.0,
+    max_grad_norm: float = 1.0,
+    seed: int = 0,
+) -> list[EstimatorEpoch]:
+    """The official estimator optimisation; returns one record per epoch with the held-out MSE
+    next to that of predicting the training labels' mean."""
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = torch.utils.data.DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=generator)
+    heldout_loader = torch.utils.data.DataLoader(heldout_data or train_data, batch_size=batch_size)
+    label_mean = real_cell_label_mean(train_loader)
+
+    optimizer = BertAdam(estimator.parameters(), lr=learning_rate, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+    scheduler = warmup_cosine_schedule(optimizer, max(1, math.ceil(len(train_loader) * schedule_epochs)), warmup)
+    history = []
+    for epoch in range(1, epochs + 1):
+        estimator.train()
+        running, steps = 0.0, 0
+        for batch in tqdm(train_loader, desc=f"estimator epoch {epoch}/{epochs}", unit="batch", leave=False):
+            loss = estimator_mse(estimator, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(estimator.parameters(), max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            running, steps = running + loss.item(), steps + 1
+        mse, baseline = heldout_mse(estimator, heldout_loader, label_mean)
+        history.append(EstimatorEpoch(epoch, running / max(steps, 1), mse, baseline))
+    return history
+
+
+def real_cell_label_mean(loader) -> float:
+    """Mean label over real (unpadded) word-frame cells: the constant-prediction baseline."""
+    total = cells = 0.0
+    for batch in loader:
+        total += float(batch["labels"].sum())
+        cells += float((batch["text_mask"][:, :, None] * batch["video_mask"][:, None, :]).sum())
+    return total / max(cells, 1.0)
+
+
+def save_estimator(estimator: BanzhafEstimator, path: str | Path) -> None:
+    save_file({key: value.contiguous() for key, value in estimator.state_dict().items()}, str(path),
+              metadata={"width": str(estimator.width)})
+
+
+def load_estimator_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A `BanzhafEstimator` state dict from a file saved by `save_estimator` (safetensors) or an
+    official estimator checkpoint (`BanzhafModule` keys, as the official pre-training saves them)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state_dict = load_file(str(path))
+    else:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if "conv_in.weight" in state_dict:
+        return state_dict
+    return convert_estimator_state_dict(state_dict, source=str(path))
