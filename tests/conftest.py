@@ -1,5 +1,7 @@
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -70,3 +72,49 @@ def config():
 @pytest.fixture
 def batch():
     return make_batch()
+
+
+# A CLIP-layout tokenizer over a 4-merge BPE: ids 0-511 bytes, 512 "ca", 513 "cat</w>",
+# 514 "do", 515 "dog</w>", 516 start of text, 517 end of text.
+TINY_MERGES = ["c a", "ca t</w>", "d o", "do g</w>"]
+
+
+def tiny_clip_tokenizer(directory):
+    import gzip
+
+    from hbi_transformers.clip_vocabulary import build_clip_tokenizer
+
+    bpe = Path(directory) / "bpe.txt.gz"
+    with gzip.open(bpe, "wt", encoding="utf-8") as handle:
+        handle.write("\n".join(["#version: tiny", *TINY_MERGES]) + "\n")
+    return build_clip_tokenizer(bpe, num_merges=len(TINY_MERGES))
+
+
+def textured_frames(num_frames, height=48, width=80, seed=0):
+    """Smooth colour gradients (which compression keeps) that shift from frame to frame."""
+    y, x = np.mgrid[0:height, 0:width]
+    frames = []
+    for index in range(num_frames):
+        red = (x * 3 + index * 9) % 256
+        green = (y * 5 + index * 4) % 256
+        blue = ((x + y) * 2 + seed * 40) % 256
+        frames.append(np.stack([red, green, blue], axis=-1).astype(np.uint8))
+    return np.stack(frames)
+
+
+def write_mp4(path, frames, fps=10, lossless=False):
+    """H.264 mp4 written with PyAV; `lossless` keeps decoded frames equal to the written ones."""
+    import av
+
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv444p" if lossless else "yuv420p"
+        if lossless:
+            stream.options = {"crf": "0"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

@@ -1,7 +1,6 @@
 """Corpus readers, `datasets` loading and the collator, on tiny mp4 clips written here with PyAV."""
 
 import csv
-import gzip
 import io
 import json
 import logging
@@ -13,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from hbi_transformers import HBIProcessor, HBIVideoProcessor, processing_hbi
-from hbi_transformers.clip_vocabulary import build_clip_tokenizer
+from conftest import tiny_clip_tokenizer
 from hbi_transformers.data import (
     BadItemCounter,
     EmptyBatchError,
@@ -37,7 +36,6 @@ av = pytest.importorskip("av")
 
 FPS, SIZE, MAX_FRAMES = 8, 32, 4
 CLIP_SECONDS = {"video0": 2, "video1": 1, "video2": 3}
-TINY_MERGES = ["c a", "ca t</w>", "d o", "do g</w>"]
 
 
 def write_clip(path, seconds, seed=0):
@@ -66,13 +64,10 @@ def video_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
-    bpe = tmp_path_factory.mktemp("bpe") / "bpe.txt.gz"
-    with gzip.open(bpe, "wt", encoding="utf-8") as handle:
-        handle.write("\n".join(["#version: tiny", *TINY_MERGES]) + "\n")
     video_processor = HBIVideoProcessor(
         size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}, max_frames=MAX_FRAMES
     )
-    return HBIProcessor(video_processor, build_clip_tokenizer(bpe, num_merges=len(TINY_MERGES)), max_words=8)
+    return HBIProcessor(video_processor, tiny_clip_tokenizer(tmp_path_factory.mktemp("bpe")), max_words=8)
 
 
 def write_jsonl(path, rows):

@@ -1,54 +1,20 @@
-import gzip
-
-import av
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_config
+from conftest import textured_frames, tiny_clip_tokenizer, tiny_config, write_mp4
 from PIL import Image
 from transformers import AutoProcessor, AutoVideoProcessor
 
 from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor, VideoDecodingError
-from hbi_transformers.clip_vocabulary import build_clip_tokenizer
 
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
-TINY_MERGES = ["c a", "ca t</w>", "d o", "do g</w>"]
 SOT, EOT, CAT, DOG = 516, 517, 513, 515
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bpe") / "bpe.txt.gz"
-    with gzip.open(path, "wt", encoding="utf-8") as handle:
-        handle.write("\n".join(["#version: tiny", *TINY_MERGES]) + "\n")
-    return build_clip_tokenizer(path, num_merges=len(TINY_MERGES))
-
-
-def textured_frames(num_frames, height=48, width=80, seed=0):
-    """Smooth colour gradients (so compression keeps them) shifted per frame."""
-    y, x = np.mgrid[0:height, 0:width]
-    frames = []
-    for index in range(num_frames):
-        red = (x * 3 + index * 9) % 256
-        green = (y * 5 + index * 4) % 256
-        blue = ((x + y) * 2 + seed * 40) % 256
-        frames.append(np.stack([red, green, blue], axis=-1).astype(np.uint8))
-    return np.stack(frames)
-
-
-def write_mp4(path, frames, fps=10):
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv444p"
-        stream.options = {"crf": "0"}  # lossless, so decoded frames equal the written ones
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return tiny_clip_tokenizer(tmp_path_factory.mktemp("bpe"))
 
 
 def pil_reference(frame, size=224):
@@ -67,7 +33,7 @@ def pil_reference(frame, size=224):
 
 def test_pixel_values_match_pil_reference(tmp_path):
     frames = textured_frames(25)
-    path = write_mp4(tmp_path / "clip.mp4", frames, fps=10)
+    path = write_mp4(tmp_path / "clip.mp4", frames, fps=10, lossless=True)
     out = HBIVideoProcessor()(str(path), return_tensors="pt", return_metadata=True)
     # 2.5 s at 10 fps, 1 frame per second: frames 0, 10, 20.
     assert out["video_metadata"][0]["frame_indices"] == [0, 10, 20]
@@ -83,7 +49,7 @@ def test_pixel_values_match_pil_reference(tmp_path):
 
 
 def test_batch_padding_segments_and_inputs(tmp_path):
-    long_clip = write_mp4(tmp_path / "long.mp4", textured_frames(60), fps=10)
+    long_clip = write_mp4(tmp_path / "long.mp4", textured_frames(60), fps=10, lossless=True)
     decoded = textured_frames(30, seed=1)
     pil_clip = [Image.fromarray(frame) for frame in textured_frames(4, seed=2)]
     processor = HBIVideoProcessor(max_frames=5)
