@@ -37,6 +37,8 @@ setup(
     entry_points={
         "console_scripts": [
             "hbi-convert=hbi_transformers.conversion:main",
+            "hbi-train=hbi_transformers.retrieval_cli:train_main",
+            "hbi-evaluate=hbi_transformers.retrieval_cli:evaluate_main",
         ],
     },
     classifiers=[

@@ -7,10 +7,12 @@ import json
 import pytest
 import torch
 from conftest import textured_frames, tiny_clip_tokenizer, tiny_config, write_mp4
+from transformers import CLIPConfig, CLIPModel
 
 from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor
 from hbi_transformers.data import HBIDataCollator, iter_annotations, load_video_text_dataset
 from hbi_transformers.metrics import retrieval_metrics
+from hbi_transformers.retrieval_cli import evaluate_main, train_main
 from hbi_transformers.trainer import HBITrainer, HBITrainingArguments, evaluate_retrieval
 
 CAPTIONS = ["red cat", "blue dog", "cat and dog", "a dog runs", "green cat sits", "dog dog cat"]
@@ -101,3 +103,33 @@ def test_train_resume_and_evaluate(corpus, tmp_path):
     direct = evaluate_retrieval(model, HBIDataCollator(processor, min_items=1, max_bad_fraction=0.5), good,
                                 batch_size=4, chunk_size=5, progress=False)
     assert direct["t2v_R@1"] == pytest.approx(metrics["eval_t2v_R@1"])
+
+
+def test_command_lines_train_then_evaluate(corpus, tmp_path):
+    root, annotations, processor = corpus
+    clip_dir, tokenizer_dir = tmp_path / "clip", tmp_path / "tokenizer"
+    text_config = {**tiny_config().text_config.to_dict(), "vocab_size": len(processor.tokenizer)}
+    clip = CLIPModel(CLIPConfig(text_config=text_config, vision_config=tiny_config().vision_config.to_dict(),
+                                projection_dim=32))
+    clip.save_pretrained(clip_dir)
+    processor.tokenizer.save_pretrained(tokenizer_dir)
+    output_dir = tmp_path / "run"
+    common = ["--video_root", str(root), "--max_frames", "4", "--max_words", "8"]
+    metrics = train_main([
+        "--model_name_or_path", str(clip_dir), "--tokenizer_name_or_path", str(tokenizer_dir),
+        "--train_annotations", str(annotations), "--eval_annotations", str(annotations), "--streaming",
+        "--output_dir", str(output_dir), "--max_steps", "2", "--per_device_train_batch_size", "4",
+        "--use_cpu", "--report_to", "none", "--disable_tqdm", "true", *common,
+    ])
+    assert "eval_t2v_R@1" in metrics
+    assert json.loads((output_dir / "eval_results.json").read_text()) == metrics
+    assert "t2v" in (output_dir / "eval_results.txt").read_text()
+    saved = HBIModel.from_pretrained(output_dir)
+    assert saved.config.projection_dim == 32
+
+    evaluated = evaluate_main([
+        "--model_name_or_path", str(output_dir), "--eval_annotations", str(annotations),
+        "--output_json", str(tmp_path / "metrics.json"), *common,
+    ])
+    assert evaluated["t2v_R@1"] == pytest.approx(metrics["eval_t2v_R@1"])
+    assert json.loads((tmp_path / "metrics.json").read_text())["t2v_num_queries"] == 12
