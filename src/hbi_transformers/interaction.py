@@ -60,31 +60,37 @@ def l2_normalize(tokens: torch.Tensor) -> torch.Tensor:
     return tokens / tokens.norm(dim=-1, keepdim=True)
 
 
+def _masked_tokens(side: LevelTokens) -> torch.Tensor:
+    # Zeroing padding tokens makes their similarity cells exactly 0, as masking the cells does.
+    if side.mask is None:
+        return side.tokens
+    return side.tokens * side.mask[..., None].to(side.tokens.dtype)
+
+
 def word_frame_similarity(text: LevelTokens, video: LevelTokens) -> torch.Tensor:
     """`S[a, b, t, v]` for every text `a` and video `b`: `[n_text, n_video, words, frames]`."""
-    similarity = torch.einsum("atd,bvd->abtv", text.tokens, video.tokens)
-    if text.mask is not None:
-        similarity = similarity * text.mask[:, None, :, None].to(similarity.dtype)
-    if video.mask is not None:
-        similarity = similarity * video.mask[None, :, None, :].to(similarity.dtype)
-    return similarity
+    return word_frame_similarity_text_major(text, video).permute(0, 2, 1, 3)
+
+
+def word_frame_similarity_text_major(text: LevelTokens, video: LevelTokens) -> torch.Tensor:
+    """`S` laid out `[n_text, words, n_video, frames]`: one matrix product, no copy."""
+    n_text, words, dim = text.tokens.shape
+    n_video, frames, _ = video.tokens.shape
+    text_rows = _masked_tokens(text).reshape(n_text * words, dim)
+    video_rows = _masked_tokens(video).reshape(n_video * frames, dim)
+    return (text_rows @ video_rows.t()).view(n_text, words, n_video, frames)
 
 
 def matched_word_frame_similarity(text: LevelTokens, video: LevelTokens) -> torch.Tensor:
     """`S[b, b]` for the matched pairs (text b with video b): `[batch, words, frames]`."""
-    similarity = torch.einsum("btd,bvd->btv", text.tokens, video.tokens)
-    if text.mask is not None:
-        similarity = similarity * text.mask[:, :, None].to(similarity.dtype)
-    if video.mask is not None:
-        similarity = similarity * video.mask[:, None, :].to(similarity.dtype)
-    return similarity
+    return torch.einsum("btd,bvd->btv", _masked_tokens(text), _masked_tokens(video))
 
 
 def weighted_token_interaction(text: LevelTokens, video: LevelTokens) -> torch.Tensor:
     """WTI similarity of every text with every video, `[n_text, n_video]`, in one block."""
-    similarity = word_frame_similarity(text, video)
-    t2v = torch.einsum("abt,at->ab", similarity.max(dim=-1).values, text.weights)
-    v2t = torch.einsum("abv,bv->ab", similarity.max(dim=-2).values, video.weights)
+    similarity = word_frame_similarity_text_major(text, video)
+    t2v = (similarity.amax(dim=3) * text.weights[:, :, None]).sum(dim=1)
+    v2t = (similarity.amax(dim=1) * video.weights[None]).sum(dim=2)
     return (t2v + v2t) / 2.0
 
 

@@ -1,0 +1,143 @@
+"""Scoring a gallery: `HBIModel.compute_similarity` against the official evaluation's schedule.
+
+    python benchmarks/bench_eval.py                 # N = 1000 and 3000
+    python benchmarks/bench_eval.py --sizes 500 --official-pairs 40
+
+Both score N cached texts x N videos (D = 512, 24 words, 12 frames, level weights 1, 1, 1, so
+every level counts) with the same model. The official evaluation loops over 32 x 32 chunk pairs
+and merges the action / event tokens of both chunks again for every pair; `compute_similarity`
+merges each item once and scores blocks of `--chunk-size` with one matrix product per block
+(padding tokens zeroed instead of masking the `[a, b, t, v]` tensor). The official schedule is timed on its
+first `--official-pairs` chunk pairs and extrapolated to all of them (it says so). Each
+measurement runs in its own process, so its peak memory (resident set growth over the cached
+features) is its own.
+"""
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+OFFICIAL_CHUNK = 32
+
+
+def build_model():
+    from hbi_transformers import HBIConfig, HBIModel
+
+    tiny_tower = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1)
+    config = HBIConfig(
+        text_config=dict(tiny_tower, vocab_size=100, max_position_embeddings=32),
+        vision_config=dict(tiny_tower, image_size=32, patch_size=16),
+        projection_dim=512,
+        level_weights=[1.0, 1.0, 1.0],
+    )
+    torch.manual_seed(0)
+    return HBIModel(config).eval()
+
+
+def cached_features(size: int, words: int, frames: int):
+    from hbi_transformers import HBITextOutput, HBIVideoOutput
+
+    generator = torch.Generator().manual_seed(size)
+    text_lengths = torch.randint(5, words + 1, (size,), generator=generator)
+    frame_counts = torch.randint(3, frames + 1, (size,), generator=generator)
+    texts = HBITextOutput(
+        text_embeds=torch.randn(size, words, 512, generator=generator),
+        attention_mask=(torch.arange(words)[None] < text_lengths[:, None]).long(),
+    )
+    videos = HBIVideoOutput(
+        video_embeds=torch.randn(size, frames, 512, generator=generator),
+        video_mask=(torch.arange(frames)[None] < frame_counts[:, None]).long(),
+    )
+    return texts, videos
+
+
+def official_wti(text, video):
+    """WTI as the official code writes it: the `[a, b, t, v]` tensor by einsum, masked by
+    multiplication, then the two maxima."""
+    similarity = torch.einsum("atd,bvd->abtv", text.tokens, video.tokens)
+    if text.mask is not None:
+        similarity = similarity * text.mask[:, None, :, None]
+        similarity = similarity * video.mask[None, :, None, :]
+    t2v = torch.einsum("abt,at->ab", similarity.max(dim=-1).values, text.weights)
+    v2t = torch.einsum("abv,bv->ab", similarity.max(dim=-2).values, video.weights)
+    return (t2v + v2t) / 2.0
+
+
+def official_schedule(model, texts, videos, max_pairs: int) -> tuple[float, int, int]:
+    """Seconds for the first `max_pairs` chunk pairs, pairs done, pairs in all."""
+    size = texts.text_embeds.shape[0]
+    starts = range(0, size, OFFICIAL_CHUNK)
+    pairs = [(t, v) for t in starts for v in starts]
+    begin = time.perf_counter()
+    with torch.no_grad():
+        for text_start, video_start in pairs[:max_pairs]:
+            text_slice = slice(text_start, text_start + OFFICIAL_CHUNK)
+            video_slice = slice(video_start, video_start + OFFICIAL_CHUNK)
+            text_levels = model.text_levels(texts.text_embeds[text_slice], texts.attention_mask[text_slice])
+            video_levels = model.video_levels(videos.video_embeds[video_slice], videos.video_mask[video_slice])
+            sum(official_wti(t, v) for t, v in zip(text_levels, video_levels))
+    return time.perf_counter() - begin, min(max_pairs, len(pairs)), len(pairs)
+
+
+def resident_mib() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def measure(method: str, size: int, words: int, frames: int, chunk_size: int, official_pairs: int) -> dict:
+    torch.set_num_threads(torch.get_num_threads())
+    model = build_model()
+    texts, videos = cached_features(size, words, frames)
+    before = resident_mib()
+    if method == "compute_similarity":
+        begin = time.perf_counter()
+        model.compute_similarity(texts, videos, chunk_size=chunk_size)
+        seconds, note = time.perf_counter() - begin, ""
+    else:
+        measured, done, total = official_schedule(model, texts, videos, official_pairs)
+        seconds = measured * total / done
+        note = f"{done} of {total} chunk pairs timed, extrapolated" if done < total else ""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"method": method, "size": size, "seconds": seconds, "peak_growth_mib": max(peak - before, 0.0), "note": note}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000])
+    parser.add_argument("--words", type=int, default=24)
+    parser.add_argument("--frames", type=int, default=12)
+    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--official-pairs", type=int, default=60, help="chunk pairs of the official schedule to time")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        method, size = args.worker.split(":")
+        print(json.dumps(measure(method, int(size), args.words, args.frames, args.chunk_size, args.official_pairs)))
+        return
+
+    print(f"N texts x N videos, D 512, {args.words} words, {args.frames} frames, level weights 1,1,1; "
+          f"{torch.get_num_threads()} threads")
+    print(f"{'N':>6} {'method':<22} {'seconds':>9} {'peak MiB':>9}  note")
+    for size in args.sizes:
+        results = {}
+        for method in ("official_schedule", "compute_similarity"):
+            command = [sys.executable, __file__, "--worker", f"{method}:{size}", "--words", str(args.words),
+                       "--frames", str(args.frames), "--chunk-size", str(args.chunk_size),
+                       "--official-pairs", str(args.official_pairs)]
+            result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
+            results[method] = result
+            print(f"{size:>6} {method:<22} {result['seconds']:>9.2f} {result['peak_growth_mib']:>9.1f}  {result['note']}")
+        ratio = results["official_schedule"]["seconds"] / results["compute_similarity"]["seconds"]
+        print(f"{size:>6} speed-up of compute_similarity: {ratio:.1f}x "
+              f"({math.ceil(size / OFFICIAL_CHUNK) ** 2} official chunk pairs)")
+
+
+if __name__ == "__main__":
+    main()
