@@ -39,6 +39,7 @@ setup(
             "hbi-convert=hbi_transformers.conversion:main",
             "hbi-train=hbi_transformers.retrieval_cli:train_main",
             "hbi-evaluate=hbi_transformers.retrieval_cli:evaluate_main",
+            "hbi-train-estimator=hbi_transformers.retrieval_cli:estimator_main",
         ],
     },
     classifiers=[

@@ -12,7 +12,8 @@ from transformers import CLIPConfig, CLIPModel
 from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor
 from hbi_transformers.data import HBIDataCollator, iter_annotations, load_video_text_dataset
 from hbi_transformers.metrics import retrieval_metrics
-from hbi_transformers.retrieval_cli import evaluate_main, train_main
+from hbi_transformers.estimator_pretraining import load_estimator_state_dict
+from hbi_transformers.retrieval_cli import estimator_main, evaluate_main, train_main
 from hbi_transformers.trainer import HBITrainer, HBITrainingArguments, evaluate_retrieval
 
 CAPTIONS = ["red cat", "blue dog", "cat and dog", "a dog runs", "green cat sits", "dog dog cat"]
@@ -133,3 +134,23 @@ def test_command_lines_train_then_evaluate(corpus, tmp_path):
     ])
     assert evaluated["t2v_R@1"] == pytest.approx(metrics["eval_t2v_R@1"])
     assert json.loads((tmp_path / "metrics.json").read_text())["t2v_num_queries"] == 12
+
+
+def test_estimator_command_line(corpus, tmp_path):
+    root, annotations, processor = corpus
+    model_dir = tmp_path / "hbi"
+    text_config = {**tiny_config().text_config.to_dict(), "vocab_size": len(processor.tokenizer)}
+    HBIModel(tiny_config(text_config=text_config)).save_pretrained(model_dir)
+    processor.save_pretrained(model_dir)
+    output_dir = tmp_path / "estimator"
+    arguments = ["--model_name_or_path", str(model_dir), "--train_annotations", str(annotations), "--video_root",
+                 str(root), "--output_dir", str(output_dir), "--num_samples", "4", "--epochs", "2", "--batch_size", "4",
+                 "--label_batch_size", "3", "--heldout_fraction", "0.25", "--estimator_width", "8"]
+    history = estimator_main(arguments)
+    assert [record["epoch"] for record in history] == [1, 2]
+    assert json.loads((output_dir / "labels" / "labels.json").read_text())["pairs"] == 12
+    assert (output_dir / "estimator-epoch2.safetensors").exists()
+    teacher = HBIModel.from_pretrained(model_dir, banzhaf_estimator_width=8).banzhaf_teacher
+    teacher.load_state_dict(load_estimator_state_dict(output_dir / "banzhaf_estimator.safetensors"))
+    # A second run reuses the cached labels.
+    assert len(estimator_main(arguments)) == 2

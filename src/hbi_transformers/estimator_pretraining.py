@@ -157,9 +157,11 @@ def train_estimator(
     schedule_epochs: float = 5.0,
     max_grad_norm: float = 1.0,
     seed: int = 0,
+    on_epoch_end=None,
 ) -> list[EstimatorEpoch]:
     """The official estimator optimisation; returns one record per epoch with the held-out MSE
-    next to that of predicting the training labels' mean."""
+    next to that of predicting the training labels' mean. `on_epoch_end(record)` is called after
+    each epoch (the official run keeps every epoch's weights and picks one)."""
     generator = torch.Generator().manual_seed(seed)
     train_loader = torch.utils.data.DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=generator)
     heldout_loader = torch.utils.data.DataLoader(heldout_data or train_data, batch_size=batch_size)
@@ -181,6 +183,8 @@ def train_estimator(
             running, steps = running + loss.item(), steps + 1
         mse, baseline = heldout_mse(estimator, heldout_loader, label_mean)
         history.append(EstimatorEpoch(epoch, running / max(steps, 1), mse, baseline))
+        if on_epoch_end is not None:
+            on_epoch_end(history[-1])
     return history
 
 

@@ -1,4 +1,5 @@
-"""Command lines for text-video retrieval: `hbi-train` (train, then evaluate) and `hbi-evaluate`.
+"""Command lines for text-video retrieval: `hbi-train` (train, then evaluate), `hbi-evaluate`, and
+`hbi-train-estimator` (pre-train the Banzhaf interaction estimator).
 
 Both read corpora through `hbi_transformers.data`: a generic annotation file (jsonl / csv) or
 webdataset shards or a hub dataset, or the official MSR-VTT, ActivityNet Captions and DiDeMo
@@ -7,7 +8,7 @@ annotation layouts.
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,11 +17,18 @@ from transformers.utils import logging
 
 from .configuration_hbi import HBIConfig
 from .data import HBIDataCollator, load_video_text_dataset, read_activitynet, read_didemo, read_msrvtt
-from .estimator_pretraining import load_estimator_state_dict
+from .banzhaf import BanzhafEstimator
+from .estimator_pretraining import (
+    LabelShardDataset,
+    load_estimator_state_dict,
+    save_estimator,
+    train_estimator,
+    write_label_shards,
+)
 from .metrics import format_metrics_table
 from .modeling_hbi import HBIModel
 from .processing_hbi import HBIProcessor, HBIVideoProcessor
-from .trainer import HBITrainer, HBITrainingArguments, evaluate_retrieval
+from .trainer import HBITrainer, HBITrainingArguments, SkipEmptyBatches, evaluate_retrieval
 
 logger = logging.get_logger(__name__)
 
@@ -204,3 +212,64 @@ def evaluate_main(argv=None) -> dict:
     if eval_args.output_json:
         Path(eval_args.output_json).write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+@dataclass
+class EstimatorArguments:
+    output_dir: str = field(default="banzhaf-estimator", metadata={"help": "Where the estimator weights go."})
+    label_cache: str | None = field(
+        default=None, metadata={"help": "Folder of cached labels (default: OUTPUT_DIR/labels); reused when present."}
+    )
+    num_samples: int = field(default=100, metadata={"help": "Monte Carlo samples per label (official 100)."})
+    learning_rate: float = field(default=1e-2, metadata={"help": "Official 1e-2."})
+    epochs: int = field(default=10, metadata={"help": "Official 10 (the released teacher is epoch 6)."})
+    batch_size: int = field(default=128, metadata={"help": "Pairs per optimisation step (official 128)."})
+    label_batch_size: int = field(default=32, metadata={"help": "Pairs encoded at once to make labels."})
+    heldout_fraction: float = field(default=0.05, metadata={"help": "Share of pairs kept for the held-out MSE."})
+    seed: int = field(default=0, metadata={"help": "Seeds the labels' coalitions and the data order."})
+    estimator_width: int = field(default=64, metadata={"help": "Channels of the estimator (official 64)."})
+
+
+def estimator_main(argv=None) -> list[dict]:
+    """Pre-trains a Banzhaf estimator on the entity-level maps of a frozen HBI model (spec section 4)
+    and saves it so that `--estimator` (or `load_estimator_state_dict`) gives it to a model as its
+    teacher."""
+    parser = HfArgumentParser((ModelArguments, DataArguments, EstimatorArguments))
+    model_args, data_args, args = parser.parse_args_into_dataclasses(args=argv)
+    output_dir = Path(args.output_dir)
+    label_dir = Path(args.label_cache) if args.label_cache else output_dir / "labels"
+
+    if not (label_dir / "labels.json").exists():
+        model = load_model(model_args)
+        model.to("cuda" if torch.cuda.is_available() else "cpu")
+        processor = load_processor(model_args, data_args, model.config.vision_config.image_size)
+        corpus = load_corpus(data_args, "train")
+        if corpus is None:
+            raise ValueError("nothing to label: give --train_annotations or an official --dataset")
+        collator = HBIDataCollator(processor, max_bad_fraction=data_args.max_bad_fraction)
+        loader = torch.utils.data.DataLoader(corpus, batch_size=args.label_batch_size, collate_fn=collator)
+        pairs = write_label_shards(model, SkipEmptyBatches(loader), label_dir, args.num_samples, args.seed)
+        print(f"labelled {pairs} pairs into {label_dir}; {collator.counter.report()}")
+
+    labels = LabelShardDataset(label_dir)
+    heldout_size = max(1, round(len(labels) * args.heldout_fraction))
+    train_part, heldout_part = torch.utils.data.random_split(
+        labels, [len(labels) - heldout_size, heldout_size], generator=torch.Generator().manual_seed(args.seed)
+    )
+    torch.manual_seed(args.seed)
+    estimator = BanzhafEstimator(args.estimator_width)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    def save_epoch(record):
+        save_estimator(estimator, output_dir / f"estimator-epoch{record.epoch}.safetensors")
+        print(f"epoch {record.epoch}: train MSE {record.train_mse:.4f}, held-out MSE {record.heldout_mse:.4f} "
+              f"(predicting the mean: {record.mean_baseline_mse:.4f})")
+
+    history = train_estimator(
+        estimator, train_part, heldout_part, learning_rate=args.learning_rate, epochs=args.epochs,
+        batch_size=args.batch_size, seed=args.seed, on_epoch_end=save_epoch,
+    )
+    save_estimator(estimator, output_dir / "banzhaf_estimator.safetensors")
+    records = [asdict(record) for record in history]
+    (output_dir / "history.json").write_text(json.dumps(records, indent=2))
+    return records
