@@ -97,20 +97,16 @@ def weighted_token_interaction(text: LevelTokens, video: LevelTokens) -> torch.T
 def chunked_weighted_token_interaction(
     text: LevelTokens, video: LevelTokens, chunk_size: int | None = None
 ) -> torch.Tensor:
-    """`weighted_token_interaction` in blocks of `chunk_size` texts x `chunk_size` videos, so the
-    `[n_text, n_video, words, frames]` tensor never exists whole."""
+    """`weighted_token_interaction` in blocks of `chunk_size` texts x `chunk_size` videos written
+    into one `[n_text, n_video]` result, so that the `[n_text, words, n_video, frames]` tensor
+    never exists whole."""
     if chunk_size is None or (len(text) <= chunk_size and len(video) <= chunk_size):
         return weighted_token_interaction(text, video)
-    rows = []
+    scores = text.tokens.new_empty(len(text), len(video))
     for text_start in range(0, len(text), chunk_size):
         text_chunk = text[text_start : text_start + chunk_size]
-        rows.append(
-            torch.cat(
-                [
-                    weighted_token_interaction(text_chunk, video[video_start : video_start + chunk_size])
-                    for video_start in range(0, len(video), chunk_size)
-                ],
-                dim=1,
+        for video_start in range(0, len(video), chunk_size):
+            scores[text_start : text_start + chunk_size, video_start : video_start + chunk_size] = (
+                weighted_token_interaction(text_chunk, video[video_start : video_start + chunk_size])
             )
-        )
-    return torch.cat(rows, dim=0)
+    return scores

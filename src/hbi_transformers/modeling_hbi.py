@@ -318,14 +318,19 @@ class HBIModel(HBIPreTrainedModel):
             for i in range(len(LEVEL_NAMES))
         ]
 
-    def _scaled_similarity(self, level_similarities: list[torch.Tensor]) -> HBISimilarityOutput:
+    def _scaled_similarity(self, level_similarities: list[torch.Tensor], in_place: bool = False) -> HBISimilarityOutput:
+        """Fused and per-level logits; `in_place` scales the given level matrices themselves, which
+        saves a copy of each for a large gallery."""
         scale = self.logit_scale.exp()
-        fused = sum(weight * sim for weight, sim in zip(self.config.level_weights, level_similarities))
-        logits_per_text = fused * scale
+        levels = [sim.mul_(scale) if in_place else sim * scale for sim in level_similarities]
+        logits_per_text = torch.zeros_like(levels[0])
+        for weight, level in zip(self.config.level_weights, levels):
+            if weight:
+                logits_per_text.add_(level, alpha=weight)
         return HBISimilarityOutput(
             logits_per_text=logits_per_text,
             logits_per_video=logits_per_text.t(),
-            level_logits_per_text=tuple(sim * scale for sim in level_similarities),
+            level_logits_per_text=tuple(levels),
         )
 
     @torch.no_grad()
@@ -353,7 +358,8 @@ class HBIModel(HBIPreTrainedModel):
             [
                 chunked_weighted_token_interaction(text, video, chunk_size)
                 for text, video in zip(text_levels, video_levels)
-            ]
+            ],
+            in_place=True,
         )
 
     # ----------------------------------------------------------------------------------------
