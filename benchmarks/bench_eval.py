@@ -7,10 +7,11 @@ Both score N cached texts x N videos (D = 512, 24 words, 12 frames, level weight
 every level counts) with the same model. The official evaluation loops over 32 x 32 chunk pairs
 and merges the action / event tokens of both chunks again for every pair; `compute_similarity`
 merges each item once and scores blocks of `--chunk-size` with one matrix product per block
-(padding tokens zeroed instead of masking the `[a, b, t, v]` tensor). The official schedule is timed on its
-first `--official-pairs` chunk pairs and extrapolated to all of them (it says so). Each
-measurement runs in its own process, so its peak memory (resident set growth over the cached
-features) is its own.
+(padding tokens zeroed instead of masking the `[a, b, t, v]` tensor). The official schedule is
+timed on its first `--official-pairs` chunk pairs and extrapolated to all of them (it says so).
+Each measurement runs in its own process, so its peak memory (resident set growth over the
+cached features) is its own; for compute_similarity the note says how much of it is the N x N
+output.
 """
 
 import argparse
