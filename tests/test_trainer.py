@@ -144,3 +144,10 @@ def test_gradient_accumulation_and_resume(tmp_path):
     resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "out" / "checkpoint-2"))
     for (name, expected), (_, got) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
         torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    trainer = make_trainer(tmp_path, bf16=True, num_train_epochs=1)
+    trainer.train()
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+    assert trainer.model.text_projection.weight.dtype == torch.float32  # autocast, fp32 master weights
