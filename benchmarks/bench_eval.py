@@ -86,6 +86,17 @@ def official_schedule(model, texts, videos, max_pairs: int) -> tuple[float, int,
     return time.perf_counter() - begin, min(max_pairs, len(pairs)), len(pairs)
 
 
+def tokens_per_item(model, words: int, frames: int) -> int:
+    """Tokens one text plus one video holds over the three levels."""
+    total = 0
+    for count, side in ((words, "text"), (frames, "video")):
+        total += count
+        for level in model.levels[1:]:
+            count = getattr(level, f"{side}_merge").merge.num_clusters(count)
+            total += count
+    return total
+
+
 def resident_mib() -> float:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
@@ -100,9 +111,11 @@ def measure(method: str, size: int, words: int, frames: int, chunk_size: int, of
         begin = time.perf_counter()
         scores = model.compute_similarity(texts, videos, chunk_size=chunk_size)
         seconds = time.perf_counter() - begin
-        # The N x N results themselves (fused + one per level) are the output, not working memory.
+        # The N x N results (fused + one per level) are the output, and each item's normalised
+        # tokens at every level its representation: what remains is the blocks' working memory.
         output_mib = (1 + len(scores.level_logits_per_text)) * size * size * 4 / 2**20
-        note = f"of which {output_mib:.0f} MiB are the N x N score matrices"
+        token_mib = size * tokens_per_item(model, words, frames) * 512 * 4 / 2**20
+        note = f"of which {output_mib:.0f} MiB N x N scores and {token_mib:.0f} MiB level tokens"
     else:
         measured, done, total = official_schedule(model, texts, videos, official_pairs)
         seconds = measured * total / done
