@@ -30,7 +30,8 @@ setup(
         "accelerate>=1.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "evaluate==0.4.6"],
+        "test": ["pytest>=8", "evaluate==0.4.6", "matplotlib>=3.6"],
+        "visualization": ["matplotlib>=3.6"],
         "evaluate": ["evaluate==0.4.6"],
         "video": ["av>=12", "decord>=0.6; platform_machine == 'x86_64'"],
     },
@@ -40,6 +41,7 @@ setup(
             "hbi-train=hbi_transformers.retrieval_cli:train_main",
             "hbi-evaluate=hbi_transformers.retrieval_cli:evaluate_main",
             "hbi-train-estimator=hbi_transformers.retrieval_cli:estimator_main",
+            "hbi-visualize=hbi_transformers.visualization:main",
         ],
     },
     classifiers=[
