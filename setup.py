@@ -42,6 +42,7 @@ setup(
             "hbi-evaluate=hbi_transformers.retrieval_cli:evaluate_main",
             "hbi-train-estimator=hbi_transformers.retrieval_cli:estimator_main",
             "hbi-visualize=hbi_transformers.visualization:main",
+            "hbi-train-qa=hbi_transformers.qa_cli:main",
         ],
     },
     classifiers=[

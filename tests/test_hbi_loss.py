@@ -304,7 +304,11 @@ def test_gradients_reach_every_trainable_parameter_but_not_the_teacher(model, ba
             assert torch.isfinite(parameter.grad).all(), name
     for index, level in enumerate(model.levels):
         for name, parameter in level.banzhaf_student.named_parameters():
-            assert parameter.grad.abs().sum() > 0, (index, name)
+            if index > 0 and name == "conv_out.bias":
+                # Unmasked maps: a constant shift is invisible to both softmaxes of the KL.
+                assert parameter.grad.abs().sum() < 1e-6, (index, name)
+            else:
+                assert parameter.grad.abs().sum() > 0, (index, name)
     model.zero_grad(set_to_none=True)
 
 

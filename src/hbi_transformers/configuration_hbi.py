@@ -1,5 +1,8 @@
 """Configuration of HBI (Hierarchical Banzhaf Interaction) models."""
 
+import json
+import os
+
 from transformers import CLIPTextConfig, CLIPVisionConfig, PretrainedConfig
 
 LEVEL_NAMES = ("entity", "action", "event")
@@ -60,6 +63,20 @@ class HBIConfig(PretrainedConfig):
             diagonal, so two captions of one video in a batch are each other's negatives.
         initializer_range (`float`, *optional*, defaults to 0.02):
             Standard deviation of the normal init of the HBI heads.
+        qa_level_weights (`list[float]`, *optional*, defaults to `[0.4, 0.4, 0.2]`):
+            Video question answering: weights of the entity, action and event answer logits in the
+            prediction (the official `rate` of MSRVTT-QA).
+        qa_dropout (`float`, *optional*, defaults to 0.1):
+            Video question answering: dropout on each level's pooled [video, question] vector before
+            its answer classifier.
+        qa_distillation_kl_weight (`float`, *optional*, defaults to 0.2):
+            Video question answering: weight of the self-distillation of the action and event answer
+            logits towards the entity ones (the official `kl` in the QA objective). The similarity
+            self-distillation of retrieval (`distillation_kl_weight`) is not part of the official QA
+            objective: [`video_qa_config`] sets it to 0.
+
+    The answer vocabulary of video question answering is the standard `id2label` / `label2id`
+    (see [`config_with_answers`]); [`video_qa_config`] gives the official MSRVTT-QA settings.
 
     Example:
 
@@ -95,6 +112,9 @@ class HBIConfig(PretrainedConfig):
     mask_entity_banzhaf_maps: bool = True
     same_video_positives: bool = False
     initializer_range: float = 0.02
+    qa_level_weights: list[float] | tuple[float, ...] = (0.4, 0.4, 0.2)
+    qa_dropout: float = 0.1
+    qa_distillation_kl_weight: float = 0.2
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
@@ -102,6 +122,7 @@ class HBIConfig(PretrainedConfig):
         self.text_merge_ratios = [float(r) for r in self.text_merge_ratios]
         self.video_merge_ratios = [float(r) for r in self.video_merge_ratios]
         self.level_weights = [float(w) for w in self.level_weights]
+        self.qa_level_weights = [float(w) for w in self.qa_level_weights]
         self._validate_hbi()
 
     def _validate_hbi(self):
@@ -114,12 +135,74 @@ class HBIConfig(PretrainedConfig):
             ratios = getattr(self, name)
             if len(ratios) != num_merges or not all(0 < r <= 1 for r in ratios):
                 raise ValueError(f"{name} must hold {num_merges} ratios in (0, 1], got {ratios}")
-        if len(self.level_weights) != len(LEVEL_NAMES):
-            raise ValueError(
-                f"level_weights needs one weight per level {LEVEL_NAMES}, got {self.level_weights}"
-            )
+        for name in ("level_weights", "qa_level_weights"):
+            if len(getattr(self, name)) != len(LEVEL_NAMES):
+                raise ValueError(f"{name} needs one weight per level {LEVEL_NAMES}, got {getattr(self, name)}")
+        if not 0 <= self.qa_dropout < 1:
+            raise ValueError(f"qa_dropout must be within [0, 1), got {self.qa_dropout}")
         if self.projection_dim % self.merge_attention_heads:
             raise ValueError(
                 f"projection_dim ({self.projection_dim}) must be divisible by merge_attention_heads "
                 f"({self.merge_attention_heads})"
             )
+
+
+# --------------------------------------------------------------------------------------------
+# Video question answering (spec section 7)
+# --------------------------------------------------------------------------------------------
+# Where the official MSRVTT-QA model differs from retrieval in settings that the weights do not
+# tell: 32 words -> 8 -> 1 and 12 frames -> 3 -> 1, entity-level Banzhaf maps left unmasked, and
+# no similarity self-distillation (the QA objective distils answer logits instead).
+VIDEO_QA_SETTINGS = {
+    "text_merge_ratios": (0.25, 0.125),
+    "video_merge_ratios": (0.25, 0.25),
+    "mask_entity_banzhaf_maps": False,
+    "distillation_kl_weight": 0.0,
+}
+# The official MSRVTT-QA answer vocabulary: the 1500 answers of `train_ans2label.json`.
+OFFICIAL_NUM_ANSWERS = 1500
+# The label of an answer outside the vocabulary (what `HBIDataCollator` gives it, as officially).
+OUT_OF_VOCABULARY_LABEL = -1
+# The official QA backbone is CLIP ViT-B/16; its text tower is the CLIPTextConfig default.
+VIT_B16_VISION_CONFIG = {"patch_size": 16}
+
+
+def video_qa_config(config: HBIConfig | None = None, **overrides) -> HBIConfig:
+    """The official MSRVTT-QA configuration ([`VIDEO_QA_SETTINGS`]) applied to a copy of `config`
+    (its towers, sizes and answer vocabulary are kept), then `overrides`. Without `config`: CLIP
+    ViT-B/16 towers and 1500 (generically named) answers, as the official model."""
+    if config is None:
+        config = HBIConfig(vision_config=dict(VIT_B16_VISION_CONFIG), num_labels=OFFICIAL_NUM_ANSWERS)
+    return HBIConfig.from_dict({**config.to_dict(), **VIDEO_QA_SETTINGS, **overrides})
+
+
+def read_answer_vocabulary(path: str | os.PathLike) -> dict[str, int]:
+    """`{answer: label}` from a JSON file: an object mapping each answer to its label (the official
+    `train_ans2label.json`) or a list of answers (the label is the position). Labels must be
+    0 .. n - 1, each used once."""
+    with open(path, encoding="utf-8") as handle:
+        content = json.load(handle)
+    if isinstance(content, list):
+        vocabulary = {str(answer): label for label, answer in enumerate(content)}
+        if len(vocabulary) != len(content):
+            raise ValueError(f"{path}: the answer list repeats answers")
+    elif isinstance(content, dict):
+        vocabulary = {str(answer): int(label) for answer, label in content.items()}
+    else:
+        raise ValueError(f"{path}: expected a JSON object (answer -> label) or a list of answers")
+    if sorted(vocabulary.values()) != list(range(len(vocabulary))):
+        raise ValueError(f"{path}: the {len(vocabulary)} answers' labels must be 0 .. {len(vocabulary) - 1}, each once")
+    return vocabulary
+
+
+def answer_label_maps(answers_path: str | os.PathLike) -> dict[str, dict]:
+    """`{"id2label": ..., "label2id": ...}` of the answer vocabulary file `answers_path` (see
+    [`read_answer_vocabulary`]), as config keyword arguments."""
+    label2id = read_answer_vocabulary(answers_path)
+    return {"id2label": {label: answer for answer, label in label2id.items()}, "label2id": label2id}
+
+
+def config_with_answers(config: HBIConfig, answers_path: str | os.PathLike) -> HBIConfig:
+    """A copy of `config` whose `id2label` / `label2id` (and so `num_labels`) are the answer
+    vocabulary of `answers_path` (see [`read_answer_vocabulary`])."""
+    return HBIConfig.from_dict({**config.to_dict(), **answer_label_maps(answers_path)})

@@ -1,10 +1,13 @@
 """Conversion of official HBI checkpoints (`jpthu17/HBI`) and OpenAI CLIP checkpoints into
-[`HBIModel`] weights and folders.
+[`HBIModel`] (or [`HBIForVideoQuestionAnswering`]) weights and folders.
 
-Two kinds of files are accepted:
+Three kinds of files are accepted:
 
 - a full HBI state dict, as the official training script saves it (CLIP under `clip.`, the HBI
   heads at the top level, with or without the `module.` prefix of DDP);
+- the same for the official video question answering model (`main_vqa.py`), which adds per-level
+  answer heads (`t_weight`, `v_weight`, `t_proj`, `v_proj`, `classifier`, suffixed like the
+  weight heads): it becomes a [`HBIForVideoQuestionAnswering`];
 - an OpenAI CLIP checkpoint (`ViT-B-32.pt` style: a TorchScript archive or a plain state dict), to
   start a fresh HBI as the official code does: CLIP towers loaded, HBI heads freshly initialised,
   the temporal transformer copied from the first CLIP text layers.
@@ -27,8 +30,9 @@ import torch
 from safetensors.torch import load_file
 from transformers.utils import logging
 
-from .configuration_hbi import TEMPORAL_MODULES, HBIConfig
+from .configuration_hbi import TEMPORAL_MODULES, VIDEO_QA_SETTINGS, HBIConfig, answer_label_maps
 from .modeling_hbi import HBIModel
+from .modeling_hbi_qa import HBIForVideoQuestionAnswering
 
 logger = logging.get_logger(__name__)
 
@@ -46,6 +50,11 @@ LSTM_PARAMS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
 BATCH_NORM_PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 # Error messages list at most this many keys, then say how many more there are.
 MAX_LISTED_KEYS = 30
+# Official suffixes of the entity, action and event heads (`text_weight_fc`, `text_weight_fc0`, ...).
+OFFICIAL_LEVEL_SUFFIXES = ("", "0", "1")
+# The entity level's answer classifier of the official QA model: its presence marks a QA
+# checkpoint, and its output size is the number of answers.
+QA_CLASSIFIER_OUTPUT = "classifier.2.weight"
 
 
 @dataclass
@@ -168,7 +177,7 @@ def _hbi_key_map(config: HBIConfig) -> KeyMap:
         source_prefix=HBI_CLIP_PREFIX,
     )
     # Official names per level: entity `text_weight_fc`, action `text_weight_fc0`, event `text_weight_fc1`.
-    for level, suffix in enumerate(("", "0", "1")):
+    for level, suffix in enumerate(OFFICIAL_LEVEL_SUFFIXES):
         for side in ("text", "video"):
             head = f"levels.{level}.{side}_weight_head"
             key_map.rename_module(f"{side}_weight_fc{suffix}.0", f"{head}.fc_in")
@@ -201,6 +210,21 @@ def _hbi_key_map(config: HBIConfig) -> KeyMap:
         key_map.rename_module("lstm_visual", "temporal.lstm", params=LSTM_PARAMS)
         # The official code creates frame position embeddings for its LSTM too, and never adds them.
         key_map.unused.add("frame_position_embeddings.weight")
+    return key_map
+
+
+def _qa_key_map(config: HBIConfig) -> KeyMap:
+    """The official video QA model: the HBI layout plus, per level (suffixed as the weight heads),
+    pooling weights `t_weight` / `v_weight`, projections `t_proj` / `v_proj` and `classifier`."""
+    key_map = _hbi_key_map(config)
+    for level, suffix in enumerate(OFFICIAL_LEVEL_SUFFIXES):
+        head = f"answer_heads.{level}"
+        for side, short in (("text", "t"), ("video", "v")):
+            key_map.rename_module(f"{short}_weight{suffix}.0", f"{head}.{side}_pooling.fc_in")
+            key_map.rename_module(f"{short}_weight{suffix}.2", f"{head}.{side}_pooling.fc_out")
+            key_map.rename_module(f"{short}_proj{suffix}", f"{head}.{side}_projection")
+        key_map.rename_module(f"classifier{suffix}.0", f"{head}.classifier.fc_in")
+        key_map.rename_module(f"classifier{suffix}.2", f"{head}.classifier.fc_out")
     return key_map
 
 
@@ -300,9 +324,9 @@ def _hbi_head_architecture(state_dict: Mapping[str, torch.Tensor], source: str) 
 
 
 def _checkpoint_kind(state_dict: Mapping[str, torch.Tensor], source: str) -> str:
-    """`"hbi"` or `"clip"`, for a state dict without DDP prefix; anything else is an error."""
+    """`"hbi"`, `"hbi_qa"` or `"clip"`, for a state dict without DDP prefix; anything else is an error."""
     if f"{HBI_CLIP_PREFIX}visual.conv1.weight" in state_dict:
-        return "hbi"
+        return "hbi_qa" if QA_CLASSIFIER_OUTPUT in state_dict else "hbi"
     if "visual.conv1.weight" in state_dict:
         return "clip"
     if any(f"{prefix}cnn1.weight" in state_dict for prefix in ESTIMATOR_PREFIXES):
@@ -338,7 +362,8 @@ def _hbi_config(architecture: dict, hbi_overrides: dict, source: str) -> HBIConf
 def config_from_official_state_dict(
     state_dict: Mapping[str, torch.Tensor], source: str = "the state dict", **hbi_overrides
 ) -> HBIConfig:
-    """The [`HBIConfig`] of a full HBI state dict or of an OpenAI CLIP state dict.
+    """The [`HBIConfig`] of a full HBI (retrieval or video QA) state dict or of an OpenAI CLIP
+    state dict.
 
     All sizes come from the weights: CLIP's as OpenAI's `build_model` reads them, and for a HBI
     state dict the temporal module (`seqTransf` with as many layers as `transformerClip` holds,
@@ -402,13 +427,39 @@ def convert_official_state_dict(
     expected key is missing.
     """
     state_dict = _strip_ddp_prefix(state_dict)
-    if _checkpoint_kind(state_dict, source) != "hbi":
+    kind = _checkpoint_kind(state_dict, source)
+    if kind == "clip":
         raise ValueError(
             f"{source} is an OpenAI CLIP checkpoint, not a HBI one: start a fresh HBI from it with "
             "`convert_checkpoint` (or use `convert_openai_clip_state_dict` for its CLIP part)"
         )
+    if kind == "hbi_qa":
+        raise ValueError(f"{source} is an official video QA checkpoint: convert it with `convert_official_qa_state_dict`")
     config = config_from_official_state_dict(state_dict, source, **hbi_overrides)
     return config, _hbi_key_map(config).convert(state_dict, source)
+
+
+def convert_official_qa_state_dict(
+    state_dict: Mapping[str, torch.Tensor], source: str = "the HBI video QA state dict", **hbi_overrides
+) -> tuple[HBIConfig, dict[str, torch.Tensor]]:
+    """A full official video QA state dict (`main_vqa.py`, with or without `module.`) ->
+    `(config, HBIForVideoQuestionAnswering state dict)`.
+
+    The config has the official QA settings (`VIDEO_QA_SETTINGS`) and as many answers as the
+    classifiers have outputs, named by `id2label` / `label2id` when `hbi_overrides` give them (e.g.
+    `**answer_label_maps("train_ans2label.json")`), generically otherwise. Raises
+    `ValueError` listing the keys when any source key has no place or any expected key is missing.
+    """
+    state_dict = _strip_ddp_prefix(state_dict)
+    if _checkpoint_kind(state_dict, source) != "hbi_qa":
+        raise ValueError(f"{source} is not an official video QA checkpoint: it has no `{QA_CLASSIFIER_OUTPUT}`")
+    num_answers = state_dict[QA_CLASSIFIER_OUTPUT].shape[0]
+    id2label = hbi_overrides.get("id2label")
+    if id2label is not None and len(id2label) != num_answers:
+        raise ValueError(f"{source} answers with {num_answers} labels, but the answer vocabulary has {len(id2label)}")
+    labels = {} if id2label is not None else {"num_labels": num_answers}
+    config = config_from_official_state_dict(state_dict, source, **{**VIDEO_QA_SETTINGS, **labels, **hbi_overrides})
+    return config, _qa_key_map(config).convert(state_dict, source)
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -478,15 +529,23 @@ def convert_checkpoint(
     output: str | Path,
     estimator: str | Path | None = None,
     report: Callable[[str], None] = logger.info,
+    answers: str | Path | None = None,
     **hbi_overrides,
 ) -> HBIModel:
-    """Converts `checkpoint` (a full HBI checkpoint, or an OpenAI CLIP one to start a fresh HBI)
-    and optionally an official Banzhaf `estimator` checkpoint (loaded into the teacher) into a
-    HBIModel, saves it to the folder `output` and returns it. `report` receives a summary;
-    `hbi_overrides` are HBI hyper-parameters (see `config_from_official_state_dict`)."""
+    """Converts `checkpoint` (a full HBI checkpoint, retrieval or video QA, or an OpenAI CLIP one to
+    start a fresh HBI) and optionally an official Banzhaf `estimator` checkpoint (loaded into the
+    teacher) into a HBIModel (a HBIForVideoQuestionAnswering for a QA checkpoint), saves it to the
+    folder `output` and returns it. `answers` is the answer vocabulary file of a QA checkpoint
+    (`train_ans2label.json`, see `read_answer_vocabulary`), which names its labels. `report`
+    receives a summary; `hbi_overrides` are HBI hyper-parameters (see
+    `config_from_official_state_dict`)."""
     source = str(checkpoint)
     state_dict = _strip_ddp_prefix(load_official_checkpoint(checkpoint))
     kind = _checkpoint_kind(state_dict, source)
+    if answers is not None:
+        if kind != "hbi_qa":
+            raise ValueError(f"an answer vocabulary is for a video QA checkpoint, and {source} is not one")
+        hbi_overrides = {**hbi_overrides, **answer_label_maps(answers)}
 
     teacher = None
     if estimator is not None:
@@ -494,9 +553,12 @@ def convert_checkpoint(
         if kind == "clip":
             hbi_overrides = {"banzhaf_estimator_width": teacher["conv_in.weight"].shape[0], **hbi_overrides}
 
+    model_class = HBIForVideoQuestionAnswering if kind == "hbi_qa" else HBIModel
+    fresh_prefixes = ()
     if kind == "hbi":
         config, converted = convert_official_state_dict(state_dict, source, **hbi_overrides)
-        fresh_prefixes = ()
+    elif kind == "hbi_qa":
+        config, converted = convert_official_qa_state_dict(state_dict, source, **hbi_overrides)
     else:
         config = config_from_official_state_dict(state_dict, source, **hbi_overrides)
         if config.temporal_module == "seqTransf" and config.temporal_num_layers > config.text_config.num_hidden_layers:
@@ -509,15 +571,19 @@ def convert_checkpoint(
     if teacher is not None:
         converted.update({f"banzhaf_teacher.{key}": tensor for key, tensor in teacher.items()})
 
-    model = HBIModel(config)
+    model = model_class(config)
     _load_checked(model, converted, source, fresh_prefixes)
     if kind == "clip" and config.temporal_module == "seqTransf":
         # The official initialisation: frame positions and temporal layers from the text tower.
         model.init_temporal_from_text_tower()
     model.save_pretrained(output)
 
-    lines = [f"Converted {source} ({'HBI' if kind == 'hbi' else 'OpenAI CLIP'} checkpoint):", _describe(config)]
-    lines.append(f"  {len(state_dict)} source tensors -> {len(converted)} HBIModel tensors")
+    kind_name = {"hbi": "HBI", "hbi_qa": "HBI video QA", "clip": "OpenAI CLIP"}[kind]
+    lines = [f"Converted {source} ({kind_name} checkpoint):", _describe(config)]
+    lines.append(f"  {len(state_dict)} source tensors -> {len(converted)} {model_class.__name__} tensors")
+    if kind == "hbi_qa":
+        named = f"named from {answers}" if answers is not None else "named generically (pass the answer vocabulary)"
+        lines.append(f"  {config.num_labels} answers, {named}")
     if kind == "clip":
         lines.append("  HBI heads freshly initialised; temporal module from the CLIP text tower")
     if estimator is not None:
@@ -531,8 +597,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="hbi-convert",
         description=(
-            "Convert an official HBI checkpoint (jpthu17/HBI), or an OpenAI CLIP checkpoint to start a "
-            "fresh HBI, into a transformers HBIModel folder."
+            "Convert an official HBI checkpoint (jpthu17/HBI; retrieval or video QA), or an OpenAI CLIP "
+            "checkpoint to start a fresh HBI, into a transformers HBIModel (HBIForVideoQuestionAnswering) folder."
         ),
     )
     parser.add_argument(
@@ -540,9 +606,13 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--output", required=True, help="folder to save the HBIModel to")
     parser.add_argument("--estimator", help="official Banzhaf estimator checkpoint, loaded into the teacher")
+    parser.add_argument(
+        "--answers", help="video QA checkpoint: its answer vocabulary (train_ans2label.json), which sets id2label"
+    )
     hyper = parser.add_argument_group(
         "HBI hyper-parameters",
-        "Not stored in the weights; when left out, the official defaults of HBIConfig apply.",
+        "Not stored in the weights; when left out, the official defaults of HBIConfig apply (for a video QA "
+        "checkpoint, with the official QA settings of VIDEO_QA_SETTINGS).",
     )
     # Absent options stay out of the namespace, so that only what the user sets overrides the config.
     unset = argparse.SUPPRESS
@@ -562,6 +632,11 @@ def main(argv: list[str] | None = None) -> None:
         "--temporal-module", choices=TEMPORAL_MODULES, default=unset, help="for a CLIP checkpoint only"
     )
     hyper.add_argument("--temporal-num-layers", type=int, default=unset, help="for a CLIP checkpoint only")
+    hyper.add_argument(
+        "--qa-level-weights", type=float, nargs=3, metavar=("ENTITY", "ACTION", "EVENT"), default=unset,
+        help="video QA: weights of the levels' answer logits",
+    )
+    hyper.add_argument("--qa-distillation-kl-weight", type=float, default=unset, help="video QA: kl of the answer logits")
     args = vars(parser.parse_args(argv))
     checkpoint, output, estimator = args.pop("checkpoint"), args.pop("output"), args.pop("estimator")
-    convert_checkpoint(checkpoint, output, estimator, report=print, **args)
+    convert_checkpoint(checkpoint, output, estimator, report=print, answers=args.pop("answers"), **args)

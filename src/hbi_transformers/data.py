@@ -191,7 +191,7 @@ def _records_from_row(row: Mapping, locator: _VideoLocator) -> list[VideoTextRec
     ]
 
 
-def _annotation_rows(annotation_file: str) -> Iterator[Mapping]:
+def annotation_rows(annotation_file: str) -> Iterator[Mapping]:
     if annotation_file.endswith(".csv"):
         with open(annotation_file, newline="", encoding="utf-8") as handle:
             yield from csv.DictReader(handle)
@@ -217,7 +217,7 @@ def iter_annotations(
     Optional columns: `start` / `end` (seconds), `question` / `answer`.
     """
     locator = _VideoLocator(video_root)
-    for row in _annotation_rows(os.fspath(annotation_file)):
+    for row in annotation_rows(os.fspath(annotation_file)):
         yield from _records_from_row(row, locator)
 
 

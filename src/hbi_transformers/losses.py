@@ -29,8 +29,12 @@ def kl_divergence(input_logits: torch.Tensor, target_logits: torch.Tensor) -> to
     """The official `KL(input, target)`: `KL(softmax(target) || softmax(input))` over the last
     axis, divided by the number of elements (`kl_div(..., reduction="mean")`). The target is NOT
     detached: as officially, gradients reach both sides."""
-    # Written out: torch warns that kl_div's "mean" will change meaning.
-    pointwise = F.kl_div(F.log_softmax(input_logits, dim=-1), F.softmax(target_logits, dim=-1), reduction="none")
+    # The target as log-probabilities: the same values, but a target probability that underflows
+    # to 0 (large logits) would otherwise give NaN gradients through the non-detached target.
+    # The mean is written out because torch warns that kl_div's "mean" will change meaning.
+    pointwise = F.kl_div(
+        F.log_softmax(input_logits, dim=-1), F.log_softmax(target_logits, dim=-1), reduction="none", log_target=True
+    )
     return pointwise.mean()
 
 

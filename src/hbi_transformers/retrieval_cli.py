@@ -95,7 +95,7 @@ def load_corpus(data_args: DataArguments, split: str):
     return load_video_text_dataset(source, video_root=data_args.video_root, streaming=streaming)
 
 
-def _is_hbi_checkpoint(name_or_path: str) -> bool:
+def is_hbi_checkpoint(name_or_path: str) -> bool:
     config_file = Path(name_or_path) / "config.json"
     if config_file.exists():
         return json.loads(config_file.read_text()).get("model_type") == HBIConfig.model_type
@@ -114,7 +114,7 @@ def load_model(model_args: ModelArguments) -> HBIModel:
         if getattr(model_args, name) is not None
     }
     overrides["same_video_positives"] = model_args.same_video_positives
-    if _is_hbi_checkpoint(model_args.model_name_or_path):
+    if is_hbi_checkpoint(model_args.model_name_or_path):
         model = HBIModel.from_pretrained(model_args.model_name_or_path, **overrides)
     else:
         model = HBIModel.from_clip_pretrained(model_args.model_name_or_path, **overrides)
