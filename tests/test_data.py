@@ -317,6 +317,19 @@ def test_collator_batch(video_root, processor, monkeypatch):
     assert sorted(calls) == sorted([str(video_root / "video0.mp4")] * 2 + [str(video_root / "video2.mp4")])
 
 
+def test_video_cache_decodes_each_clip_once(video_root, processor, monkeypatch, tmp_path):
+    calls = counting_decoder(monkeypatch)
+    missing = VideoTextRecord(video=str(tmp_path / "gone.mp4"), caption="gone", video_id="gone")
+    records = [record(video_root, "video0", "a cat"), record(video_root, "video1", "a dog"), missing]
+    collator = HBIDataCollator(processor, cache_videos=True, min_items=1, max_bad_fraction=0.5)
+    first, second = collator(records), collator(list(reversed(records)))
+    assert len(calls) == 3  # two good clips and the missing one, each tried once
+    assert collator.counter.seen_items == 3 and len(collator.bad_items) == 1
+    torch.testing.assert_close(first["pixel_values_videos"], second["pixel_values_videos"].flip(0))
+    with pytest.raises(ValueError, match="cache_videos"):
+        HBIDataCollator(processor, cache_videos=True, do_augment=True)
+
+
 def test_collator_answer_labels_and_dataset_rows(video_root, processor):
     dataset = load_video_text_dataset(
         [

@@ -676,6 +676,9 @@ class HBIDataCollator:
         min_items (`int`, defaults to 50): videos tried before the share is checked.
         answer_labels (`Mapping[str, int]`, *optional*): for question answering, adds `labels`
             (`[batch]` long), the answer's label or -1 for an answer outside it, as officially.
+        cache_videos (`bool`, defaults to `False`): keep every clip's processed frames in memory so
+            that later epochs do not decode it again (for small corpora; not with augmentation,
+            whose draws must change from epoch to epoch).
         video_options: passed to the video processor on every call (e.g. `frame_sampling=
             "per_second"` for ActivityNet / DiDeMo, `max_frames=64`).
     """
@@ -688,9 +691,13 @@ class HBIDataCollator:
         max_bad_fraction: float = 0.05,
         min_items: int = 50,
         answer_labels: Mapping[str, int] | None = None,
+        cache_videos: bool = False,
         **video_options,
     ):
+        if cache_videos and do_augment:
+            raise ValueError("cache_videos would freeze the augmentation of each clip: use one or the other")
         self.processor = processor
+        self.video_cache = {} if cache_videos else None
         self.do_augment = do_augment
         self.answer_labels = answer_labels
         self.video_options = video_options
@@ -742,6 +749,11 @@ class HBIDataCollator:
         """The processed tensors of each clip that decodes, by clip key; failures are counted."""
         decoded = {}
         for key, clip in clips.items():
+            if self.video_cache is not None and key in self.video_cache:
+                # A clip that failed once is left out again without being counted twice.
+                if self.video_cache[key] is not None:
+                    decoded[key] = self.video_cache[key]
+                continue
             try:
                 decoded[key] = self.processor.video_processor(
                     [clip.video],
@@ -752,7 +764,11 @@ class HBIDataCollator:
                 )
             except VideoDecodingError as error:
                 self.counter.record_failure(clip.name, error.reason)
+                if self.video_cache is not None:
+                    self.video_cache[key] = None
             else:
                 self.counter.record_success()
+                if self.video_cache is not None:
+                    self.video_cache[key] = decoded[key]
         self.counter.check()
         return decoded
