@@ -43,6 +43,8 @@ setup(
             "hbi-train-estimator=hbi_transformers.retrieval_cli:estimator_main",
             "hbi-visualize=hbi_transformers.visualization:main",
             "hbi-train-qa=hbi_transformers.qa_cli:main",
+            "hbi-index=hbi_transformers.search:index_main",
+            "hbi-search=hbi_transformers.search:search_main",
         ],
     },
     classifiers=[

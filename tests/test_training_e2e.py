@@ -125,6 +125,7 @@ def test_command_lines_train_then_evaluate(corpus, tmp_path):
     assert "eval_t2v_R@1" in metrics
     assert json.loads((output_dir / "eval_results.json").read_text()) == metrics
     assert "t2v" in (output_dir / "eval_results.txt").read_text()
+    assert "model-index" in (output_dir / "README.md").read_text()
     saved = HBIModel.from_pretrained(output_dir)
     assert saved.config.projection_dim == 32
 

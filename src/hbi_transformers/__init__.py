@@ -18,8 +18,10 @@ from .modeling_hbi import (
     HBITextOutput,
     HBIVideoOutput,
 )
+from .model_card import render_model_card, write_model_card
 from .modeling_hbi_qa import HBIForVideoQuestionAnswering, HBIVideoQuestionAnsweringOutput
 from .processing_hbi import HBIProcessor, HBIVideoProcessor
+from .search import IndexReport, SearchHit, VideoIndex, build_index, search
 from .video_io import DecodedVideo, VideoDecodingError, read_video
 
 AutoConfig.register(HBIConfig.model_type, HBIConfig, exist_ok=True)
@@ -50,8 +52,15 @@ __all__ = [
     "HBIVideoOutput",
     "HBIVideoProcessor",
     "HBIVideoQuestionAnsweringOutput",
+    "IndexReport",
+    "SearchHit",
     "VideoDecodingError",
+    "VideoIndex",
+    "build_index",
     "config_with_answers",
     "read_video",
+    "render_model_card",
+    "search",
     "video_qa_config",
+    "write_model_card",
 ]

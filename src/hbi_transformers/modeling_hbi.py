@@ -354,6 +354,15 @@ class HBIModel(HBIPreTrainedModel):
         video_levels = self._grouped_levels(
             video_outputs.video_embeds, video_outputs.video_mask, "video", merge_group_size
         )
+        return self.similarity_from_levels(text_levels, video_levels, chunk_size)
+
+    @torch.no_grad()
+    def similarity_from_levels(
+        self, text_levels: list[LevelTokens], video_levels: list[LevelTokens], chunk_size: int = 256
+    ) -> HBISimilarityOutput:
+        """Scores texts against videos from their level tokens (`text_levels` / `video_levels`),
+        in blocks of `chunk_size` x `chunk_size`: for galleries whose level tokens are stored,
+        as a search index does, so that nothing is merged again."""
         return self._scaled_similarity(
             [
                 chunked_weighted_token_interaction(text, video, chunk_size)

@@ -8,6 +8,7 @@ annotation layouts.
 
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from .estimator_pretraining import (
     train_estimator,
     write_label_shards,
 )
+from .demo_run import demo_main
 from .metrics import format_metrics_table
+from .model_card import write_model_card
 from .modeling_hbi import HBIModel
 from .processing_hbi import HBIProcessor, HBIVideoProcessor
 from .trainer import HBITrainer, HBITrainingArguments, SkipEmptyBatches, evaluate_retrieval
@@ -42,7 +45,7 @@ class ModelArguments:
     model_name_or_path: str = field(
         default="openai/clip-vit-base-patch32",
         metadata={"help": "An HBI folder or hub name (trained or converted), or a transformers CLIP checkpoint to "
-                  "start a fresh HBI from."},
+                  "start a fresh HBI from.", "aliases": ["--model"]},
     )
     tokenizer_name_or_path: str | None = field(
         default=None, metadata={"help": "CLIP tokenizer (default: the model's; see scripts/build_clip_tokenizer.py)."}
@@ -157,6 +160,9 @@ def write_metrics(metrics: dict, output_dir: str, name: str) -> None:
 
 
 def train_main(argv=None) -> dict:
+    """`hbi-train ARGUMENTS`; with no arguments at all, the offline demonstration (`demo_run`)."""
+    if (sys.argv[1:] if argv is None else argv) == []:
+        return demo_main([])
     parser = HfArgumentParser((ModelArguments, DataArguments, HBITrainingArguments))
     model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.set_verbosity_info() if training_args.should_log else logging.set_verbosity_warning()
@@ -184,6 +190,17 @@ def train_main(argv=None) -> dict:
         metrics = trainer.evaluate()
         if trainer.is_world_process_zero():
             write_metrics(metrics, training_args.output_dir, "eval_results")
+    if trainer.is_world_process_zero():
+        write_model_card(
+            training_args.output_dir,
+            metrics or None,
+            base_model=model_args.model_name_or_path,
+            dataset_name=data_args.dataset if data_args.dataset != "generic" else data_args.eval_annotations,
+            max_frames=data_args.max_frames,
+            video_framerate=data_args.video_framerate,
+            image_size=model.config.vision_config.image_size,
+            max_words=data_args.max_words,
+        )
     return metrics
 
 

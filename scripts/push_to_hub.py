@@ -1,0 +1,67 @@
+#!/usr/bin/env python
+"""Publish a trained or converted HBI folder on the Hugging Face hub.
+
+    python scripts/push_to_hub.py hbi-msrvtt --repo-id me/hbi-msrvtt --dry-run
+    python scripts/push_to_hub.py hbi-msrvtt --repo-id me/hbi-msrvtt --metrics metrics.json \
+        --dataset friedrichor/MSR-VTT --dataset-name "MSR-VTT 1k-A"
+
+The upload folder is prepared first (`hbi_transformers.model_card.prepare_hub_folder`): the
+model's and processor's `save_pretrained` output (config with `auto_map`, safetensors weights,
+processor and tokenizer files, the remote-code modules) plus the model card, checked complete.
+With `--dry-run` it stops there and prints the folder. Otherwise the folder is uploaded as one
+commit: the same files `model.push_to_hub` and `processor.push_to_hub` would send (both are
+`save_pretrained` output), in one commit instead of three, and with this card, where
+`push_to_hub` would write a default card into a repository that has none.
+"""
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from hbi_transformers.model_card import prepare_hub_folder
+
+
+def main(argv=None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model_dir", help="trained or converted HBI folder")
+    parser.add_argument("--repo-id", required=True, help="hub repository, e.g. me/hbi-msrvtt")
+    parser.add_argument("--output", help="where to prepare the upload (default: a new temporary folder)")
+    parser.add_argument("--tokenizer", help="CLIP tokenizer, for a folder saved without its processor")
+    parser.add_argument("--metrics", help="evaluation JSON for the card (default: MODEL_DIR/eval_results.json)")
+    parser.add_argument("--dataset", action="append", default=[], help="hub dataset id (repeatable); the first is "
+                        "the evaluation set")
+    parser.add_argument("--dataset-name", help="readable name of the evaluation set")
+    parser.add_argument("--base-model", default="openai/clip-vit-base-patch32")
+    parser.add_argument("--license", default="mit")
+    parser.add_argument("--private", action="store_true")
+    parser.add_argument("--dry-run", action="store_true", help="prepare and print the folder, upload nothing")
+    args = parser.parse_args(argv)
+
+    folder = prepare_hub_folder(
+        args.model_dir,
+        args.output or tempfile.mkdtemp(prefix="hbi-hub-"),
+        card_metrics=args.metrics,
+        tokenizer=args.tokenizer,
+        repo_id=args.repo_id,
+        datasets=args.dataset,
+        dataset_name=args.dataset_name,
+        base_model=args.base_model,
+        license=args.license,
+    )
+    print(f"upload folder: {folder}")
+    for path in sorted(folder.iterdir()):
+        print(f"  {path.name:32} {path.stat().st_size:>12,d} bytes")
+    if args.dry_run:
+        return folder
+
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    repo_id = api.create_repo(args.repo_id, private=args.private, exist_ok=True).repo_id
+    api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload HBI model, processor and card")
+    print(f"pushed to https://huggingface.co/{repo_id}")
+    return folder
+
+
+if __name__ == "__main__":
+    main()

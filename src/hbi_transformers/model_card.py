@@ -1,0 +1,383 @@
+"""Model cards for HBI checkpoints: the hub README (YAML metadata + text) filled from an evaluation.
+
+    write_model_card("hbi-msrvtt", "hbi-msrvtt/eval_results.json", model_name="hbi-msrvtt",
+                     datasets=["friedrichor/MSR-VTT"], dataset_name="MSR-VTT 1k-A")
+
+The text comes from `model_cards/hbi_template.md` (`string.Template` placeholders). The metadata
+is written with `huggingface_hub.ModelCardData`, the hub's own serialiser, so the model-index
+follows the hub's schema:
+
+- `library_name: transformers`, `base_model` (the CLIP checkpoint HBI starts from), `datasets`,
+  `tags`, `license`.
+- `pipeline_tag: feature-extraction`. The hub has no text-video retrieval task: `text-to-video` is
+  video generation and `video-classification` predicts labels, and a model under either would be
+  listed among models that do something else. HBI embeds captions and videos and scores pairs,
+  which is what `feature-extraction` covers (the tag transformers gives CLIP-like `AutoModel`s
+  such as X-CLIP).
+- `model-index`: text-to-video and video-to-text R@1 / R@5 / R@10 / MdR / MnR of the evaluation
+  given (`metrics`, the JSON `evaluate_retrieval` or `hbi-evaluate` writes, keys with or without
+  the Trainer's `eval_` prefix; self-reported, so without a source). The hub keeps one set of
+  figures per task and dataset, so figures reported elsewhere (`reported_metrics`, e.g. the
+  paper's) go there, with their source, only while nothing is measured; the card's text always
+  shows both.
+
+`render_official_model_card` / `write_official_model_cards` make the cards of the conversions of
+the official MSR-VTT and ActivityNet checkpoints (`model_cards/hbi-*.md`), citing the paper and
+leaving the measured figures to fill once a conversion is evaluated.
+
+`prepare_hub_folder` assembles what goes to the hub for a trained or converted model folder:
+`save_pretrained` of the model and processor (config with `auto_map`, safetensors weights,
+processor and tokenizer files, and the remote-code modules, since the package registers its
+classes for the auto classes on import) plus the card, and checks that it is complete, so that
+`AutoModel.from_pretrained(repo, trust_remote_code=True)` works for people without the package.
+"""
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from huggingface_hub import EvalResult, ModelCardData
+
+from .metrics import format_metrics_table
+from .modeling_hbi import HBIModel
+
+# The template lives beside the generated cards, at the repository root.
+MODEL_CARDS_DIR = Path(__file__).resolve().parents[2] / "model_cards"
+TEMPLATE_PATH = MODEL_CARDS_DIR / "hbi_template.md"
+PAPER_URL = "https://arxiv.org/abs/2303.14369"
+PAPER_SOURCE = "HBI paper (Jin et al., CVPR 2023)"
+PIPELINE_TAG = "feature-extraction"
+DEFAULT_TAGS = ("hbi", "clip", "video", "text-video-retrieval", "video-text-retrieval")
+# model-index entries: metric key suffix -> (metric type, display name).
+CARD_METRICS = {
+    "R@1": ("recall_at_1", "R@1"),
+    "R@5": ("recall_at_5", "R@5"),
+    "R@10": ("recall_at_10", "R@10"),
+    "MdR": ("median_rank", "MdR"),
+    "MnR": ("mean_rank", "MnR"),
+}
+TASKS = {
+    "t2v": ("text-to-video-retrieval", "Text-to-video retrieval"),
+    "v2t": ("video-to-text-retrieval", "Video-to-text retrieval"),
+}
+
+
+def card_metrics(metrics: Mapping | str | os.PathLike | None) -> dict[str, float]:
+    """The retrieval figures of an evaluation (a dict, or the path of its JSON), without the
+    Trainer's `eval_` prefix: `{t2v,v2t}_{R@1,R@5,R@10,MdR,MnR}`, those present."""
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        metrics = json.loads(Path(metrics).read_text())
+    unprefixed = {key.removeprefix("eval_"): value for key, value in metrics.items()}
+    return {
+        f"{direction}_{name}": float(unprefixed[f"{direction}_{name}"])
+        for direction in TASKS
+        for name in CARD_METRICS
+        if f"{direction}_{name}" in unprefixed
+    }
+
+
+def _eval_results(metrics: dict[str, float], dataset_id, dataset_name, dataset_split, source, url) -> list[EvalResult]:
+    return [
+        EvalResult(
+            task_type=TASKS[direction][0],
+            task_name=TASKS[direction][1],
+            dataset_type=dataset_id,
+            dataset_name=dataset_name,
+            dataset_split=dataset_split,
+            metric_type=CARD_METRICS[name][0],
+            metric_name=CARD_METRICS[name][1],
+            metric_value=round(metrics[f"{direction}_{name}"], 2),
+            source_name=source,
+            source_url=url,
+        )
+        for direction in TASKS
+        for name in CARD_METRICS
+        if f"{direction}_{name}" in metrics
+    ]
+
+
+def _results_section(measured: dict[str, float], reported: dict[str, float], reported_source, reported_url) -> str:
+    if not measured and not reported:
+        return "Not measured here yet."
+    rows = {"reported": reported} if reported else {}
+    rows["measured"] = measured
+    notes = ["R@K in percent; MdR / MnR: median / mean rank of the right item (lower is better)."]
+    if reported:
+        notes.append(f"reported: {reported_source}" + (f", {reported_url}" if reported_url else ""))
+    notes.append("measured: " + ("this checkpoint, evaluated with hbi-transformers" if measured else "not measured here yet"))
+    notes.append("`-`: not measured here (measured row) or not cited (reported row)")
+    return f"```\n{format_metrics_table(rows)}\n```\n\n" + "\n".join(f"- {note}" for note in notes)
+
+
+def render_model_card(
+    model_name: str,
+    metrics: Mapping | str | os.PathLike | None = None,
+    *,
+    base_model: str = "openai/clip-vit-base-patch32",
+    datasets: Sequence[str] = (),
+    dataset_name: str | None = None,
+    dataset_split: str = "test",
+    reported_metrics: Mapping | None = None,
+    reported_source: str = PAPER_SOURCE,
+    reported_url: str | None = PAPER_URL,
+    license: str = "mit",
+    tags: Sequence[str] = (),
+    repo_id: str | None = None,
+    description: str = "",
+    max_frames: int = 12,
+    video_framerate: float = 1,
+    image_size: int = 224,
+    max_words: int = 24,
+    template_path: str | os.PathLike = TEMPLATE_PATH,
+) -> str:
+    """The README.md of an HBI checkpoint.
+
+    Args:
+        model_name: the card's title and the model-index name.
+        metrics: this model's evaluation (dict or JSON path, as `evaluate_retrieval` returns it).
+        base_model: the CLIP checkpoint the model was trained from.
+        datasets: hub ids of the training / evaluation datasets; the first names the evaluation
+            set in the model-index.
+        dataset_name: a readable name of the evaluation set (e.g. "MSR-VTT 1k-A").
+        dataset_split: the evaluated split.
+        reported_metrics: figures reported elsewhere for comparison (same keys as `metrics`).
+        reported_source, reported_url: where they come from (default: the HBI paper).
+        license: the weights' license id.
+        tags: tags added to the default ones.
+        repo_id: the hub repository in the usage example (default: `model_name`).
+        description: the paragraph under the title (how the weights were made).
+        max_frames, video_framerate, image_size, max_words: what the processor does, for the text.
+        template_path: the card template.
+    """
+    measured, reported = card_metrics(metrics), card_metrics(reported_metrics)
+    dataset_id = datasets[0] if datasets else "custom"
+    if measured:
+        eval_results = _eval_results(measured, dataset_id, dataset_name or dataset_id, dataset_split, None, None)
+    else:
+        eval_results = _eval_results(reported, dataset_id, dataset_name or dataset_id, dataset_split,
+                                     reported_source, reported_url)
+    metadata = ModelCardData(
+        library_name="transformers",
+        pipeline_tag=PIPELINE_TAG,
+        base_model=base_model,
+        datasets=list(datasets) or None,
+        license=license,
+        tags=list(dict.fromkeys([*DEFAULT_TAGS, *tags])),
+        model_name=model_name,
+        eval_results=eval_results or None,
+    )
+    template_path = Path(template_path)
+    if not template_path.exists():
+        raise FileNotFoundError(
+            f"no model card template at {template_path}: it ships with the repository (model_cards/), so pass "
+            "template_path when the package is installed without it"
+        )
+    return Template(template_path.read_text()).substitute(
+        metadata=metadata.to_yaml(),
+        model_name=model_name,
+        description=description or f"An HBI text-video retrieval model trained from `{base_model}`.",
+        results=_results_section(measured, reported, reported_source, reported_url),
+        repo_id=repo_id or model_name,
+        max_frames=max_frames,
+        framerate=f"{video_framerate:g}",
+        image_size=image_size,
+        max_words=max_words,
+    )
+
+
+def write_model_card(
+    output_dir: str | os.PathLike, metrics: Mapping | str | os.PathLike | None = None, **card_options
+) -> Path:
+    """Writes `output_dir/README.md` (see `render_model_card` for the options; `model_name`
+    defaults to the folder's name). A training script calls it after its final evaluation, e.g.
+    `write_model_card(args.output_dir, trainer.evaluate(), datasets=[...])`."""
+    output_dir = Path(output_dir)
+    card_options.setdefault("model_name", output_dir.resolve().name)
+    path = output_dir / "README.md"
+    path.write_text(render_model_card(metrics=metrics, **card_options))
+    return path
+
+
+@dataclass(frozen=True)
+class OfficialCheckpoint:
+    """A checkpoint released with the official code (jpthu17/HBI) and what the paper reports."""
+
+    dataset: str  # the hub dataset id
+    dataset_name: str
+    dataset_split: str
+    reported_metrics: dict
+    description: str
+    max_frames: int
+    max_words: int
+
+
+_CONVERSION = (
+    "Converted from the {dataset} checkpoint (ViT-B/32) released with the official code, "
+    "[jpthu17/HBI](https://github.com/jpthu17/HBI), by hbi-transformers' `hbi-convert --checkpoint <official file> "
+    "--output <folder>`: the same weights as a transformers model. The official code and weights are released "
+    "under the Apache-2.0 license."
+)
+OFFICIAL_CHECKPOINTS = {
+    "hbi-msrvtt-vit-b-32": OfficialCheckpoint(
+        dataset="friedrichor/MSR-VTT",
+        dataset_name="MSR-VTT (1k-A test split)",
+        dataset_split="test",
+        # HBI_SPEC section 6 (paper, ViT-B/32).
+        reported_metrics={"t2v_R@1": 48.6, "t2v_R@5": 74.6, "t2v_R@10": 83.4, "t2v_MdR": 2.0, "t2v_MnR": 12.0},
+        description=_CONVERSION.format(dataset="MSR-VTT")
+        + " The official repository reports text-to-video R@1 48.2 for a model trained with its released "
+        "Banzhaf estimator (epoch 6); the paper's figures are below.",
+        max_frames=12,
+        max_words=24,
+    ),
+    "hbi-activitynet-vit-b-32": OfficialCheckpoint(
+        dataset="friedrichor/ActivityNet_Captions",
+        dataset_name="ActivityNet Captions (val1, paragraph retrieval)",
+        dataset_split="val",
+        reported_metrics={"t2v_R@1": 42.2},
+        description=_CONVERSION.format(dataset="ActivityNet")
+        + " Captions of a video are joined into one paragraph; frames are sampled one per whole second "
+        "(`frame_sampling=\"per_second\"`).",
+        max_frames=64,
+        max_words=64,
+    ),
+}
+
+
+def render_official_model_card(name: str, measured_metrics: Mapping | str | os.PathLike | None = None) -> str:
+    """The card of a conversion of an official checkpoint (a key of `OFFICIAL_CHECKPOINTS`), with
+    the paper's figures and, once it is evaluated, the measured ones."""
+    checkpoint = OFFICIAL_CHECKPOINTS[name]
+    return render_model_card(
+        name,
+        measured_metrics,
+        datasets=[checkpoint.dataset],
+        dataset_name=checkpoint.dataset_name,
+        dataset_split=checkpoint.dataset_split,
+        reported_metrics=checkpoint.reported_metrics,
+        license="apache-2.0",
+        description=checkpoint.description,
+        max_frames=checkpoint.max_frames,
+        max_words=checkpoint.max_words,
+    )
+
+
+def write_official_model_cards(
+    directory: str | os.PathLike = MODEL_CARDS_DIR, measured: Mapping[str, Mapping | str | os.PathLike] | None = None
+) -> list[Path]:
+    """(Re)writes `directory/<name>.md` for every official checkpoint; `measured` maps a name to
+    its evaluation once a conversion has been evaluated."""
+    measured = measured or {}
+    paths = []
+    for name in OFFICIAL_CHECKPOINTS:
+        path = Path(directory) / f"{name}.md"
+        path.write_text(render_official_model_card(name, measured.get(name)))
+        paths.append(path)
+    return paths
+
+
+# --------------------------------------------------------------------------------------------
+# The folder pushed to the hub
+
+EVALUATION_FILE = "eval_results.json"  # what hbi-train writes beside the model
+_RELATIVE_IMPORT = re.compile(r"^\s*from \.(\w+) import", re.MULTILINE)
+
+
+def prepare_hub_folder(
+    model_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    card_metrics: Mapping | str | os.PathLike | None = None,
+    tokenizer: str | None = None,
+    **card_options,
+) -> Path:
+    """Writes into `output_dir` (new or empty) everything a hub repository of the model needs, and
+    returns it.
+
+    Args:
+        model_dir: a trained or converted HBI folder.
+        output_dir: the folder to upload.
+        card_metrics: the evaluation shown in the card (dict or JSON path); by default
+            `model_dir/eval_results.json` when it exists.
+        tokenizer: a CLIP tokenizer, for a folder saved without its processor (a conversion); the
+            processor then gets the official video settings.
+        card_options: passed to `render_model_card` (`model_name` defaults to the last part of
+            `repo_id`, or the folder's name).
+
+    Raises:
+        ValueError: `output_dir` is not empty, or the written folder misses a file (see
+            `missing_hub_files`).
+    """
+    # retrieval_cli holds the shared processor loading; imported here so that importing this
+    # module (from a training script) stays light.
+    from .retrieval_cli import DataArguments, ModelArguments, load_processor
+
+    model_dir, output_dir = Path(model_dir), Path(output_dir)
+    if output_dir.exists() and any(output_dir.iterdir()):
+        raise ValueError(f"{output_dir} is not empty: give a new folder for the upload")
+    model = HBIModel.from_pretrained(model_dir)
+    processor = load_processor(
+        ModelArguments(model_name_or_path=str(model_dir), tokenizer_name_or_path=tokenizer),
+        DataArguments(),
+        model.config.vision_config.image_size,
+    )
+    model.save_pretrained(output_dir)
+    processor.save_pretrained(output_dir)
+
+    if card_metrics is None and (model_dir / EVALUATION_FILE).exists():
+        card_metrics = model_dir / EVALUATION_FILE
+    repo_id = card_options.get("repo_id")
+    card_options.setdefault("model_name", repo_id.split("/")[-1] if repo_id else model_dir.resolve().name)
+    video_processor = processor.video_processor
+    card_options.setdefault("max_frames", video_processor.max_frames)
+    card_options.setdefault("video_framerate", video_processor.video_framerate)
+    card_options.setdefault("image_size", video_processor.crop_size["height"])
+    card_options.setdefault("max_words", processor.max_words)
+    write_model_card(output_dir, card_metrics, **card_options)
+
+    missing = missing_hub_files(output_dir)
+    if missing:
+        raise ValueError(f"the hub folder {output_dir} is incomplete, missing: {', '.join(missing)}")
+    return output_dir
+
+
+def missing_hub_files(folder: str | os.PathLike) -> list[str]:
+    """What a hub folder of an HBI model lacks: config.json with an `auto_map`, the weights,
+    processor_config.json with an `auto_map`, the tokenizer, README.md, and every module the
+    `auto_map`s name together with the modules they import (relatively), recursively."""
+    folder = Path(folder)
+    missing = [
+        name
+        for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer_config.json", "README.md")
+        if not (folder / name).exists()
+    ]
+    auto_maps = []
+    for name in ("config.json", "processor_config.json"):
+        if (folder / name).exists():
+            saved = json.loads((folder / name).read_text())
+            if "auto_map" not in saved:
+                missing.append(f"auto_map in {name}")
+            auto_maps += [saved.get("auto_map", {}), saved.get("video_processor", {}).get("auto_map", {})]
+    references = [
+        reference
+        for auto_map in auto_maps
+        for value in auto_map.values()
+        for reference in (value if isinstance(value, list) else [value])  # tokenizers map to [slow, fast]
+        if reference
+    ]
+    pending = {reference.split(".")[0] for reference in references}
+    seen = set()
+    while pending:
+        module = pending.pop()
+        seen.add(module)
+        path = folder / f"{module}.py"
+        if not path.exists():
+            missing.append(path.name)
+            continue
+        pending |= set(_RELATIVE_IMPORT.findall(path.read_text())) - seen
+    return missing
