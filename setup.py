@@ -37,14 +37,14 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "hbi-convert=hbi_transformers.conversion:main",
-            "hbi-train=hbi_transformers.retrieval_cli:train_main",
-            "hbi-evaluate=hbi_transformers.retrieval_cli:evaluate_main",
-            "hbi-train-estimator=hbi_transformers.retrieval_cli:estimator_main",
-            "hbi-visualize=hbi_transformers.visualization:main",
-            "hbi-train-qa=hbi_transformers.qa_cli:main",
-            "hbi-index=hbi_transformers.search:index_main",
-            "hbi-search=hbi_transformers.search:search_main",
+            "hbi-convert=hbi_transformers.commands:convert",
+            "hbi-train=hbi_transformers.commands:train",
+            "hbi-evaluate=hbi_transformers.commands:evaluate",
+            "hbi-train-estimator=hbi_transformers.commands:train_estimator",
+            "hbi-visualize=hbi_transformers.commands:visualize",
+            "hbi-train-qa=hbi_transformers.commands:train_qa",
+            "hbi-index=hbi_transformers.commands:index",
+            "hbi-search=hbi_transformers.commands:search_index",
         ],
     },
     classifiers=[

@@ -49,7 +49,7 @@ class DemoArguments:
     video_framerate: float = field(default=2.0, metadata={"help": "Frames sampled per second."})
     estimator_epochs: int = field(default=3, metadata={"help": "Banzhaf estimator pre-training epochs."})
     estimator_samples: int = field(default=20, metadata={"help": "Monte Carlo samples per label."})
-    train_epochs: float = field(default=5.0, metadata={"help": "HBI training epochs."})
+    train_epochs: float = field(default=15.0, metadata={"help": "HBI training epochs."})
     batch_size: int = field(default=32)
     learning_rate: float = field(default=1e-3, metadata={"help": "Towers trained from scratch: coef_lr is 1."})
     seed: int = field(default=0)
