@@ -2,7 +2,11 @@
 functions behind them return their results to Python callers, and `sys.exit` would take such a
 return value for an error."""
 
-from . import conversion, qa_cli, retrieval_cli, search, visualization
+from .conversion import main as convert_main
+from .qa_cli import main as qa_main
+from .retrieval_cli import estimator_main, evaluate_main, train_main
+from .search import index_main, search_main
+from .visualization import main as visualize_main
 
 
 def _command(main):
@@ -13,11 +17,11 @@ def _command(main):
     return run
 
 
-convert = _command(conversion.main)
-train = _command(retrieval_cli.train_main)
-evaluate = _command(retrieval_cli.evaluate_main)
-train_estimator = _command(retrieval_cli.estimator_main)
-visualize = _command(visualization.main)
-train_qa = _command(qa_cli.main)
-index = _command(search.index_main)
-search_index = _command(search.search_main)
+convert = _command(convert_main)
+train = _command(train_main)
+evaluate = _command(evaluate_main)
+train_estimator = _command(estimator_main)
+visualize = _command(visualize_main)
+train_qa = _command(qa_main)
+index = _command(index_main)
+search_index = _command(search_main)
