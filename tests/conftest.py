@@ -118,3 +118,21 @@ def write_mp4(path, frames, fps=10, lossless=False):
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def run_without_package(script: str, tmp_path) -> None:
+    """Runs `script` in a fresh interpreter where importing hbi_transformers fails (as for a user
+    of remote code who does not have the package); it must print "remote code ok"."""
+    import subprocess
+    import sys
+
+    preamble = 'import sys\nsys.modules["hbi_transformers"] = None  # any import of the package now fails\n'
+    result = subprocess.run(
+        [sys.executable, "-c", preamble + script],
+        capture_output=True,
+        text=True,
+        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote code ok" in result.stdout

@@ -3,7 +3,6 @@
 
 import json
 import runpy
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -12,7 +11,7 @@ import huggingface_hub
 import pytest
 import torch
 import yaml
-from conftest import textured_frames, tiny_clip_tokenizer, tiny_config, write_mp4
+from conftest import run_without_package, textured_frames, tiny_clip_tokenizer, tiny_config, write_mp4
 
 from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor
 from hbi_transformers.model_card import missing_hub_files, prepare_hub_folder
@@ -88,8 +87,6 @@ def test_hub_folder_loads_without_the_package(trained_folder, tmp_path):
     torch.save(expected, tmp_path / "expected.pt")
     script = textwrap.dedent(
         f"""
-        import sys
-        sys.modules["hbi_transformers"] = None  # any import of the package now fails
         import torch
         from transformers import AutoModel, AutoProcessor
         model = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True).eval()
@@ -104,15 +101,7 @@ def test_hub_folder_loads_without_the_package(trained_folder, tmp_path):
         print("remote code ok")
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "remote code ok" in result.stdout
+    run_without_package(script, tmp_path)
 
 
 def test_push_script(trained_folder, tmp_path, monkeypatch, capsys):

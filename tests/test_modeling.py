@@ -1,11 +1,9 @@
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
-from conftest import make_batch, tiny_config
+from conftest import make_batch, run_without_package, tiny_config
 from transformers import AutoConfig, AutoModel, CLIPConfig, CLIPModel
 
 from hbi_transformers import HBIConfig, HBIModel
@@ -147,8 +145,6 @@ def test_remote_code_loads_without_the_package(model, tmp_path):
     torch.save(expected, tmp_path / "expected.pt")
     script = textwrap.dedent(
         f"""
-        import sys
-        sys.modules["hbi_transformers"] = None  # any import of the package now fails
         import torch
         from transformers import AutoModel
         model = AutoModel.from_pretrained({str(model_dir)!r}, trust_remote_code=True).eval()
@@ -161,15 +157,7 @@ def test_remote_code_loads_without_the_package(model, tmp_path):
         print("remote code ok")
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "PATH": "/usr/bin:/bin"},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "remote code ok" in result.stdout
+    run_without_package(script, tmp_path)
 
 
 def test_temporal_init_needs_enough_text_layers():

@@ -72,8 +72,7 @@ class VideoTextRecord:
 
     @property
     def name(self) -> str:
-        """How logs and errors name the video: its path, or its id when it is held as bytes."""
-        return self.video if isinstance(self.video, str) else self.video_id
+        return _video_name(self.video, self.video_id)
 
     @property
     def clip_key(self) -> tuple[str, float | None, float | None]:
@@ -91,11 +90,16 @@ class VideoClip(NamedTuple):
 
     @property
     def name(self) -> str:
-        return self.video if isinstance(self.video, str) else self.video_id
+        return _video_name(self.video, self.video_id)
 
     @property
     def clip_key(self) -> tuple[str, float | None, float | None]:
         return (self.name, self.start, self.end)
+
+
+def _video_name(video: str | bytes, video_id: str) -> str:
+    """How logs and errors name a video: its path, or its id when it is held as bytes."""
+    return video if isinstance(video, str) else video_id
 
 
 def _encoded_video(cell):
