@@ -551,7 +551,7 @@ def load_video_text_dataset(
         if all(isinstance(item, (str, os.PathLike)) for item in items):
             generator, gen_kwargs, video_is_bytes = _rows_of_shards, {"shards": _shard_paths(items)}, True
         else:
-            records = [_as_record(item) for item in items]
+            records = [as_record(item) for item in items]
             generator, gen_kwargs = _rows_of_records, {"records": records}
             video_is_bytes = not isinstance(records[0].video, str)
 
@@ -569,7 +569,7 @@ def unique_videos(records: Iterable[VideoTextRecord | Mapping]) -> list[VideoCli
     """Each distinct clip (video and segment) once, in order of first appearance, so that
     evaluation encodes every video once however many captions it has."""
     clips = {}
-    for record in map(_as_record, records):
+    for record in map(as_record, records):
         clips.setdefault(record.clip_key, VideoClip(record.video_id, record.video, record.start, record.end))
     return list(clips.values())
 
@@ -577,10 +577,11 @@ def unique_videos(records: Iterable[VideoTextRecord | Mapping]) -> list[VideoCli
 def text_to_video_index(records: Iterable[VideoTextRecord | Mapping]) -> list[int]:
     """For each record (caption), the position of its clip in `unique_videos(records)`."""
     positions: dict[tuple, int] = {}
-    return [positions.setdefault(record.clip_key, len(positions)) for record in map(_as_record, records)]
+    return [positions.setdefault(record.clip_key, len(positions)) for record in map(as_record, records)]
 
 
-def _as_record(item: VideoTextRecord | Mapping) -> VideoTextRecord:
+def as_record(item: VideoTextRecord | Mapping) -> VideoTextRecord:
+    """A record, from a record or a dataset row."""
     return item if isinstance(item, VideoTextRecord) else VideoTextRecord.from_mapping(item)
 
 
@@ -716,7 +717,7 @@ class HBIDataCollator:
         return self.counter.seen_items
 
     def __call__(self, items: list[VideoTextRecord | Mapping]) -> dict[str, torch.Tensor]:
-        records = [_as_record(item) for item in items]
+        records = [as_record(item) for item in items]
         wanted = {record.clip_key: record for record in records}
         clips = self._decode_clips(wanted)
         records = [record for record in records if record.clip_key in clips]

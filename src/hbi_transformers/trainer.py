@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
-from .data import EmptyBatchError, HBIDataCollator, VideoTextRecord, text_to_video_index, unique_videos
+from .data import EmptyBatchError, HBIDataCollator, VideoTextRecord, as_record, text_to_video_index, unique_videos
 from .losses import distributed_world_size
 from .metrics import dual_softmax_retrieval_metrics, format_metrics_table, retrieval_metrics
 from .modeling_hbi import HBITextOutput, HBIVideoOutput
@@ -284,8 +284,7 @@ def evaluate_retrieval(model, collator: HBIDataCollator, records: Iterable[Video
     """Text-to-video and video-to-text retrieval metrics of `model` on `records` (several captions
     per video allowed): each caption and each clip encoded once, scored with
     `HBIModel.compute_similarity` in blocks."""
-    records = [record if isinstance(record, VideoTextRecord) else VideoTextRecord.from_mapping(record)
-               for record in records]
+    records = [as_record(record) for record in records]
     was_training = model.training
     model.eval()
     try:
