@@ -14,6 +14,10 @@ setup(
     license="MIT",
     package_dir={"": "src"},
     packages=find_packages("src"),
+    package_data={
+        "hbi_transformers.hub": ["templates/*.md"],
+        "hbi_transformers.training.metrics": ["retrieval_metric/*.py"],
+    },
     python_requires=">=3.10",
     # torch and torchvision are installed first, pinned (see README): a loose requirement here
     # would let pip pull a multi-GB CUDA build on machines where a matching one is already present.
@@ -37,14 +41,14 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            "hbi-convert=hbi_transformers.commands:convert",
-            "hbi-train=hbi_transformers.commands:train",
-            "hbi-evaluate=hbi_transformers.commands:evaluate",
-            "hbi-train-estimator=hbi_transformers.commands:train_estimator",
-            "hbi-visualize=hbi_transformers.commands:visualize",
-            "hbi-train-qa=hbi_transformers.commands:train_qa",
-            "hbi-index=hbi_transformers.commands:index",
-            "hbi-search=hbi_transformers.commands:search_index",
+            "hbi-convert=hbi_transformers.cli.commands:convert",
+            "hbi-train=hbi_transformers.cli.commands:train",
+            "hbi-evaluate=hbi_transformers.cli.commands:evaluate",
+            "hbi-train-estimator=hbi_transformers.cli.commands:train_estimator",
+            "hbi-visualize=hbi_transformers.cli.commands:visualize",
+            "hbi-train-qa=hbi_transformers.cli.commands:train_qa",
+            "hbi-index=hbi_transformers.cli.commands:index",
+            "hbi-search=hbi_transformers.cli.commands:search_index",
         ],
     },
     classifiers=[

@@ -20,8 +20,8 @@ import time
 
 import torch
 
-from hbi_transformers.banzhaf import LABEL_SIMILARITY_SCALE, draw_coalitions, monte_carlo_banzhaf_interaction
-from hbi_transformers.interaction import MASKED_WEIGHT_LOGIT
+from hbi_transformers.models.hbi.banzhaf_estimator import LABEL_SIMILARITY_SCALE, draw_coalitions, monte_carlo_banzhaf_interaction
+from hbi_transformers.models.hbi.wti import MASKED_WEIGHT_LOGIT
 
 
 def random_game(batch: int, words: int, frames: int, device: torch.device, seed: int):

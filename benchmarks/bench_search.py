@@ -33,8 +33,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_eval import build_model  # the scoring model of the evaluation benchmark
 
-from hbi_transformers.modeling_hbi import HBITextOutput, HBIVideoOutput
-from hbi_transformers.search import index_from_features, search_by_text_features
+from hbi_transformers.models.hbi.modeling_hbi import HBITextOutput, HBIVideoOutput
+from hbi_transformers.apps.search import index_from_features, search_by_text_features
 
 DIM, FRAMES, WORDS = 512, 12, 24
 VIDEOS_PER_TOPIC = 10

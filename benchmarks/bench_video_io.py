@@ -23,7 +23,7 @@ import av
 import numpy as np
 from tqdm import tqdm
 
-from hbi_transformers.video_io import available_backends, read_video, sample_frame_indices
+from hbi_transformers.models.hbi.video_io import available_backends, read_video, sample_frame_indices
 
 SEQUENTIAL_REFERENCE = "pyav, no seeking"
 
@@ -61,7 +61,7 @@ def read_without_seeking(path: Path, max_frames: int) -> np.ndarray:
 
 def load_video_processor():
     try:
-        from hbi_transformers.processing_hbi import HBIVideoProcessor
+        from hbi_transformers.models.hbi.processing_hbi import HBIVideoProcessor
     except ImportError:
         return None
     return HBIVideoProcessor()

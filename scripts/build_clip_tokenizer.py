@@ -11,7 +11,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from hbi_transformers.clip_vocabulary import build_clip_tokenizer, download_open_clip_bpe, extract_bpe_from_wheel
+from hbi_transformers.data.clip_vocabulary import build_clip_tokenizer, download_open_clip_bpe, extract_bpe_from_wheel
 
 # The reference ids of openai/clip-vit-base-patch32 for one caption: a built tokenizer must agree.
 REFERENCE_CAPTION = "a photo of a cat"

@@ -7,7 +7,7 @@ HBI, into a transformers HBIModel folder; the same as the `hbi-convert` console 
         --output hbi-from-clip
 """
 
-from hbi_transformers.conversion import main
+from hbi_transformers.models.hbi.convert_hbi_original_to_hf import main
 
 if __name__ == "__main__":
     main()

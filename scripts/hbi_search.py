@@ -3,7 +3,7 @@
     python scripts/hbi_search.py my_videos.index "a man is cooking pasta" --top-k 10 [--json] [--candidates 1000]
 """
 
-from hbi_transformers.search import search_main
+from hbi_transformers.apps.search import search_main
 
 if __name__ == "__main__":
     search_main()

@@ -11,7 +11,7 @@ import argparse
 import json
 import time
 
-from hbi_transformers.synthetic_corpus import make_synthetic_corpus
+from hbi_transformers.data.synthetic_corpus import make_synthetic_corpus
 
 
 def main(argv=None):

@@ -18,7 +18,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from hbi_transformers.model_card import prepare_hub_folder
+from hbi_transformers.hub.model_card import prepare_hub_folder
 
 
 def main(argv=None) -> Path:

@@ -82,7 +82,7 @@ TINY_MERGES = ["c a", "ca t</w>", "d o", "do g</w>"]
 def tiny_clip_tokenizer(directory):
     import gzip
 
-    from hbi_transformers.clip_vocabulary import build_clip_tokenizer
+    from hbi_transformers.data.clip_vocabulary import build_clip_tokenizer
 
     bpe = Path(directory) / "bpe.txt.gz"
     with gzip.open(bpe, "wt", encoding="utf-8") as handle:

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hbi_transformers.banzhaf import (
+from hbi_transformers.models.hbi.banzhaf_estimator import (
     LABEL_SIMILARITY_SCALE,
     MAX_EXACT_PLAYERS,
     draw_coalitions,

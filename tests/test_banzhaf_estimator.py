@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from hbi_transformers.banzhaf import BanzhafEstimator
+from hbi_transformers.models.hbi.banzhaf_estimator import BanzhafEstimator
 
 DTYPE = torch.float64
 

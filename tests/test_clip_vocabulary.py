@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from hbi_transformers.clip_vocabulary import (
+from hbi_transformers.data.clip_vocabulary import (
     BPE_MEMBER,
     build_clip_tokenizer,
     byte_symbols,

@@ -12,6 +12,6 @@ def test_every_console_script_resolves_and_returns_nothing(monkeypatch):
         command = getattr(importlib.import_module(module), attribute)
         assert callable(command), name
     # A command whose function returns a result must still exit 0 (sys.exit(dict) exits 1).
-    from hbi_transformers import commands
+    from hbi_transformers.cli import commands
 
     assert commands._command(lambda: {"t2v_R@1": 1.0})() is None

@@ -13,7 +13,7 @@ from torch import nn
 from transformers import AutoModel
 
 from hbi_transformers import HBIModel
-from hbi_transformers.conversion import (
+from hbi_transformers.models.hbi.convert_hbi_original_to_hf import (
     config_from_official_state_dict,
     convert_checkpoint,
     convert_estimator_state_dict,

@@ -11,9 +11,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from hbi_transformers import HBIProcessor, HBIVideoProcessor, processing_hbi
+from hbi_transformers import HBIProcessor, HBIVideoProcessor
+from hbi_transformers.models.hbi import processing_hbi
 from conftest import tiny_clip_tokenizer
-from hbi_transformers.data import (
+from hbi_transformers.data.corpus import (
     BadItemCounter,
     EmptyBatchError,
     HBIDataCollator,

@@ -5,7 +5,7 @@ import json
 from PIL import Image
 
 from hbi_transformers import HBIModel, HBIProcessor
-from hbi_transformers.demo_run import demo_main
+from hbi_transformers.apps.demo import demo_main
 
 
 def test_shortened_default_run(tmp_path, capsys):

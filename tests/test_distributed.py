@@ -10,7 +10,7 @@ from conftest import make_batch, tiny_config
 from torch.nn.parallel import DistributedDataParallel
 
 from hbi_transformers import HBIModel
-from hbi_transformers.losses import gather_from_all_processes
+from hbi_transformers.models.hbi.losses import gather_from_all_processes
 
 WORLD_SIZE = 2
 # Uneven shards: rank 0 holds 3 pairs, rank 1 holds 2.

@@ -4,8 +4,8 @@ import torch
 from conftest import make_batch, tiny_config
 
 from hbi_transformers import HBIModel
-from hbi_transformers.banzhaf import BanzhafEstimator, exact_banzhaf_interaction, monte_carlo_banzhaf_interaction
-from hbi_transformers.estimator_pretraining import (
+from hbi_transformers.models.hbi.banzhaf_estimator import BanzhafEstimator, exact_banzhaf_interaction, monte_carlo_banzhaf_interaction
+from hbi_transformers.training.estimator_pretraining import (
     LabelShardDataset,
     entity_similarity_maps,
     load_estimator_state_dict,

@@ -14,8 +14,8 @@ import torch
 from conftest import make_batch, tiny_config
 
 from hbi_transformers import HBIModel
-from hbi_transformers.configuration_hbi import LEVEL_NAMES
-from hbi_transformers.interaction import LevelTokens, weighted_token_interaction
+from hbi_transformers.models.hbi.configuration_hbi import LEVEL_NAMES
+from hbi_transformers.models.hbi.wti import LevelTokens, weighted_token_interaction
 
 SEED = 1234
 

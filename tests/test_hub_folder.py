@@ -14,10 +14,10 @@ import yaml
 from conftest import run_without_package, textured_frames, tiny_clip_tokenizer, tiny_config, write_mp4
 
 from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor
-from hbi_transformers.model_card import missing_hub_files, prepare_hub_folder
+from hbi_transformers.hub.model_card import missing_hub_files, prepare_hub_folder
 
 PUSH_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "push_to_hub.py"
-REMOTE_CODE = ["configuration_hbi", "modeling_hbi", "interaction", "token_merging", "banzhaf", "losses", "temporal",
+REMOTE_CODE = ["configuration_hbi", "modeling_hbi", "wti", "token_merging", "banzhaf_estimator", "losses", "temporal",
                "processing_hbi", "video_augmentation", "video_io"]
 
 

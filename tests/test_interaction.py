@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from hbi_transformers.interaction import (
+from hbi_transformers.models.hbi.wti import (
     MASKED_WEIGHT_LOGIT,
     LevelTokens,
     TokenWeightHead,

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from hbi_transformers.losses import banzhaf_kl, info_nce, kl_divergence, symmetric_info_nce
+from hbi_transformers.models.hbi.losses import banzhaf_kl, info_nce, kl_divergence, symmetric_info_nce
 
 DTYPE = torch.float64
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hbi_transformers.metrics import (
+from hbi_transformers.training.metrics.retrieval import (
     dual_softmax,
     dual_softmax_retrieval_metrics,
     format_metrics_table,

@@ -1,11 +1,14 @@
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 from huggingface_hub import ModelCard
 
-from hbi_transformers.model_card import (
-    MODEL_CARDS_DIR,
+# The official checkpoints' cards are committed at the repository root.
+MODEL_CARDS_DIR = Path(__file__).resolve().parents[1] / "model_cards"
+
+from hbi_transformers.hub.model_card import (
     OFFICIAL_CHECKPOINTS,
     card_metrics,
     render_model_card,

@@ -137,7 +137,7 @@ def test_auto_classes(model, tmp_path):
 def test_remote_code_loads_without_the_package(model, tmp_path):
     model_dir = tmp_path / "hbi"
     model.save_pretrained(model_dir)
-    for module in ("configuration_hbi", "modeling_hbi", "interaction", "token_merging", "banzhaf", "losses", "temporal"):
+    for module in ("configuration_hbi", "modeling_hbi", "wti", "token_merging", "banzhaf_estimator", "losses", "temporal"):
         assert (model_dir / f"{module}.py").exists(), module
     batch = make_batch()
     torch.save(batch, tmp_path / "batch.pt")

@@ -11,12 +11,12 @@ from conftest import make_batch, textured_frames, tiny_clip_tokenizer, tiny_conf
 from transformers import AutoConfig, AutoModelForVisualQuestionAnswering, CLIPConfig, CLIPModel
 
 from hbi_transformers import HBIModel
-from hbi_transformers.configuration_hbi import config_with_answers, read_answer_vocabulary, video_qa_config
-from hbi_transformers.interaction import LevelTokens, l2_normalize, weighted_token_interaction
-from hbi_transformers.modeling_hbi_qa import HBIForVideoQuestionAnswering
-from hbi_transformers.optimization import hbi_parameter_groups
-from hbi_transformers.qa_cli import main, read_qa_annotations
-from hbi_transformers.qa_metrics import (
+from hbi_transformers.models.hbi.configuration_hbi import config_with_answers, read_answer_vocabulary, video_qa_config
+from hbi_transformers.models.hbi.wti import LevelTokens, l2_normalize, weighted_token_interaction
+from hbi_transformers.models.hbi.modeling_hbi_qa import HBIForVideoQuestionAnswering
+from hbi_transformers.training.optimization import hbi_parameter_groups
+from hbi_transformers.cli.video_qa import main, read_qa_annotations
+from hbi_transformers.training.metrics.video_qa import (
     OTHER_QUESTION_TYPE,
     QUESTION_TYPES,
     format_qa_table,

@@ -21,13 +21,13 @@ from test_conversion import (
 )
 from transformers import AutoModelForVisualQuestionAnswering
 
-from hbi_transformers.conversion import (
+from hbi_transformers.models.hbi.convert_hbi_original_to_hf import (
     convert_checkpoint,
     convert_official_qa_state_dict,
     convert_official_state_dict,
     main,
 )
-from hbi_transformers.modeling_hbi_qa import HBIForVideoQuestionAnswering
+from hbi_transformers.models.hbi.modeling_hbi_qa import HBIForVideoQuestionAnswering
 
 NUM_ANSWERS = 5
 ANSWERS = ["red", "green", "blue", "two", "yes"]

@@ -11,10 +11,11 @@ import pytest
 import torch
 from conftest import make_batch, textured_frames, tiny_clip_tokenizer, tiny_config, write_mp4
 
-from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor, processing_hbi
-from hbi_transformers.interaction import weighted_token_interaction
-from hbi_transformers.modeling_hbi import HBITextOutput, HBIVideoOutput
-from hbi_transformers.search import (
+from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor
+from hbi_transformers.models.hbi import processing_hbi
+from hbi_transformers.models.hbi.wti import weighted_token_interaction
+from hbi_transformers.models.hbi.modeling_hbi import HBITextOutput, HBIVideoOutput
+from hbi_transformers.apps.search import (
     MANIFEST_NAME,
     IndexModelMismatchError,
     VideoIndex,

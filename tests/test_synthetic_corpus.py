@@ -13,9 +13,9 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from hbi_transformers import synthetic_corpus
-from hbi_transformers.data import iter_annotations
-from hbi_transformers.synthetic_corpus import (
+from hbi_transformers.data import synthetic_corpus
+from hbi_transformers.data.corpus import iter_annotations
+from hbi_transformers.data.synthetic_corpus import (
     COLOURS,
     FAMILY_SIZE,
     MOVE_DISTANCE,
@@ -23,7 +23,7 @@ from hbi_transformers.synthetic_corpus import (
     make_synthetic_corpus,
     plan_clip,
 )
-from hbi_transformers.video_io import read_video
+from hbi_transformers.models.hbi.video_io import read_video
 
 pytest.importorskip("av")
 

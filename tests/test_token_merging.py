@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from hbi_transformers.token_merging import (
+from hbi_transformers.models.hbi.token_merging import (
     MergedTokenAttention,
     TokenClusterMerge,
     TokenMergeBlock,

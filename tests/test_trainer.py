@@ -5,8 +5,8 @@ import torch
 from conftest import make_batch, tiny_config
 
 from hbi_transformers import HBIModel
-from hbi_transformers.optimization import BertAdam, hbi_parameter_groups, warmup_cosine, warmup_cosine_schedule
-from hbi_transformers.trainer import HBITrainer, HBITrainingArguments
+from hbi_transformers.training.optimization import BertAdam, hbi_parameter_groups, warmup_cosine, warmup_cosine_schedule
+from hbi_transformers.training.trainer import HBITrainer, HBITrainingArguments
 
 
 class PairDataset(torch.utils.data.Dataset):

@@ -10,11 +10,11 @@ from conftest import textured_frames, tiny_clip_tokenizer, tiny_config, write_mp
 from transformers import CLIPConfig, CLIPModel
 
 from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor
-from hbi_transformers.data import HBIDataCollator, iter_annotations, load_video_text_dataset
-from hbi_transformers.metrics import retrieval_metrics
-from hbi_transformers.estimator_pretraining import load_estimator_state_dict
-from hbi_transformers.retrieval_cli import estimator_main, evaluate_main, train_main
-from hbi_transformers.trainer import HBITrainer, HBITrainingArguments, evaluate_retrieval
+from hbi_transformers.data.corpus import HBIDataCollator, iter_annotations, load_video_text_dataset
+from hbi_transformers.training.metrics.retrieval import retrieval_metrics
+from hbi_transformers.training.estimator_pretraining import load_estimator_state_dict
+from hbi_transformers.cli.retrieval import estimator_main, evaluate_main, train_main
+from hbi_transformers.training.trainer import HBITrainer, HBITrainingArguments, evaluate_retrieval
 
 CAPTIONS = ["red cat", "blue dog", "cat and dog", "a dog runs", "green cat sits", "dog dog cat"]
 

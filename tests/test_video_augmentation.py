@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from hbi_transformers.video_augmentation import (
+from hbi_transformers.models.hbi.video_augmentation import (
     GREY_FILL,
     INCREASING_OPERATIONS,
     OPERATIONS,

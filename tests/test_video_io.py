@@ -11,7 +11,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from hbi_transformers.video_io import (
+from hbi_transformers.models.hbi.video_io import (
     DecodedVideo,
     VideoDecodingError,
     available_backends,

@@ -10,8 +10,8 @@ from PIL import Image
 
 from conftest import textured_frames, tiny_clip_tokenizer, tiny_config, write_mp4
 from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor
-from hbi_transformers.banzhaf import monte_carlo_banzhaf_interaction
-from hbi_transformers.visualization import (
+from hbi_transformers.models.hbi.banzhaf_estimator import monte_carlo_banzhaf_interaction
+from hbi_transformers.apps.visualization import (
     PADDING_ONLY_LABEL,
     _word_cluster_label,
     _word_pieces,

@@ -9,8 +9,8 @@ from transformers import (
     AutoVideoProcessor,
 )
 
-from .configuration_hbi import HBIConfig, config_with_answers, video_qa_config
-from .modeling_hbi import (
+from .models.hbi.configuration_hbi import HBIConfig, config_with_answers, video_qa_config
+from .models.hbi.modeling_hbi import (
     HBIModel,
     HBIOutput,
     HBIPreTrainedModel,
@@ -18,11 +18,11 @@ from .modeling_hbi import (
     HBITextOutput,
     HBIVideoOutput,
 )
-from .model_card import render_model_card, write_model_card
-from .modeling_hbi_qa import HBIForVideoQuestionAnswering, HBIVideoQuestionAnsweringOutput
-from .processing_hbi import HBIProcessor, HBIVideoProcessor
-from .search import IndexReport, SearchHit, VideoIndex, build_index, search
-from .video_io import DecodedVideo, VideoDecodingError, read_video
+from .hub.model_card import render_model_card, write_model_card
+from .models.hbi.modeling_hbi_qa import HBIForVideoQuestionAnswering, HBIVideoQuestionAnsweringOutput
+from .models.hbi.processing_hbi import HBIProcessor, HBIVideoProcessor
+from .apps.search import IndexReport, SearchHit, VideoIndex, build_index, search
+from .models.hbi.video_io import DecodedVideo, VideoDecodingError, read_video
 
 AutoConfig.register(HBIConfig.model_type, HBIConfig, exist_ok=True)
 AutoModel.register(HBIConfig, HBIModel, exist_ok=True)

@@ -16,22 +16,22 @@ import torch
 from transformers import AutoTokenizer, HfArgumentParser
 from transformers.utils import logging
 
-from .configuration_hbi import HBIConfig
-from .data import HBIDataCollator, load_video_text_dataset, read_activitynet, read_didemo, read_msrvtt
-from .banzhaf import BanzhafEstimator
-from .estimator_pretraining import (
+from ..models.hbi.configuration_hbi import HBIConfig
+from ..data.corpus import HBIDataCollator, load_video_text_dataset, read_activitynet, read_didemo, read_msrvtt
+from ..models.hbi.banzhaf_estimator import BanzhafEstimator
+from ..training.estimator_pretraining import (
     LabelShardDataset,
     load_estimator_state_dict,
     save_estimator,
     train_estimator,
     write_label_shards,
 )
-from .demo_run import demo_main
-from .metrics import format_metrics_table
-from .model_card import write_model_card
-from .modeling_hbi import HBIModel
-from .processing_hbi import HBIProcessor, HBIVideoProcessor
-from .trainer import HBITrainer, HBITrainingArguments, SkipEmptyBatches, evaluate_retrieval
+from ..apps.demo import demo_main
+from ..training.metrics.retrieval import format_metrics_table
+from ..hub.model_card import write_model_card
+from ..models.hbi.modeling_hbi import HBIModel
+from ..models.hbi.processing_hbi import HBIProcessor, HBIVideoProcessor
+from ..training.trainer import HBITrainer, HBITrainingArguments, SkipEmptyBatches, evaluate_retrieval
 
 logger = logging.get_logger(__name__)
 

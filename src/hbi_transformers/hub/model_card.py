@@ -42,12 +42,11 @@ from string import Template
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from .metrics import format_metrics_table
-from .modeling_hbi import HBIModel
+from ..training.metrics.retrieval import format_metrics_table
+from ..models.hbi.modeling_hbi import HBIModel
 
-# The template lives beside the generated cards, at the repository root.
-MODEL_CARDS_DIR = Path(__file__).resolve().parents[2] / "model_cards"
-TEMPLATE_PATH = MODEL_CARDS_DIR / "hbi_template.md"
+# Package data, so that an installed wheel renders cards too.
+TEMPLATE_PATH = Path(__file__).with_name("templates") / "hbi_template.md"
 PAPER_URL = "https://arxiv.org/abs/2303.14369"
 PAPER_SOURCE = "HBI paper (Jin et al., CVPR 2023)"
 PIPELINE_TAG = "feature-extraction"
@@ -174,10 +173,7 @@ def render_model_card(
     )
     template_path = Path(template_path)
     if not template_path.exists():
-        raise FileNotFoundError(
-            f"no model card template at {template_path}: it ships with the repository (model_cards/), so pass "
-            "template_path when the package is installed without it"
-        )
+        raise FileNotFoundError(f"no model card template at {template_path}")
     return Template(template_path.read_text()).substitute(
         metadata=metadata.to_yaml(),
         model_name=model_name,
@@ -269,7 +265,7 @@ def render_official_model_card(name: str, measured_metrics: Mapping | str | os.P
 
 
 def write_official_model_cards(
-    directory: str | os.PathLike = MODEL_CARDS_DIR, measured: Mapping[str, Mapping | str | os.PathLike] | None = None
+    directory: str | os.PathLike, measured: Mapping[str, Mapping | str | os.PathLike] | None = None
 ) -> list[Path]:
     """(Re)writes `directory/<name>.md` for every official checkpoint; `measured` maps a name to
     its evaluation once a conversion has been evaluated."""
@@ -315,7 +311,7 @@ def prepare_hub_folder(
     """
     # retrieval_cli holds the shared processor loading; imported here so that importing this
     # module (from a training script) stays light.
-    from .retrieval_cli import DataArguments, ModelArguments, load_processor
+    from ..cli.retrieval import DataArguments, ModelArguments, load_processor
 
     model_dir, output_dir = Path(model_dir), Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()):

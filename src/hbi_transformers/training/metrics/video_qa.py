@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from .configuration_hbi import OUT_OF_VOCABULARY_LABEL
+from ...models.hbi.configuration_hbi import OUT_OF_VOCABULARY_LABEL
 
 QUESTION_TYPES = ("what", "who", "how", "when", "where")
 OTHER_QUESTION_TYPE = "other"

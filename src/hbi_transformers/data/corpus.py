@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from transformers.utils import logging
 
-from .video_io import VideoDecodingError
+from ..models.hbi.video_io import VideoDecodingError
 
 logger = logging.get_logger(__name__)
 

@@ -10,7 +10,7 @@ import datasets
 import evaluate
 import numpy as np
 
-from hbi_transformers.metrics import dual_softmax_retrieval_metrics, retrieval_metrics
+from hbi_transformers.training.metrics.retrieval import dual_softmax_retrieval_metrics, retrieval_metrics
 
 _DESCRIPTION = """
 Text-to-video and video-to-text retrieval: R@1, R@5, R@10, R@50 (percent), median rank (MdR) and

@@ -9,7 +9,7 @@ apart. HBI trains student estimators against a frozen, pre-trained teacher estim
 import torch
 from torch import nn
 
-from .interaction import MASKED_WEIGHT_LOGIT
+from .wti import MASKED_WEIGHT_LOGIT
 
 
 class BanzhafEstimator(nn.Module):

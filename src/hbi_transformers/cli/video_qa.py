@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
-from .configuration_hbi import (
+from ..models.hbi.configuration_hbi import (
     OUT_OF_VOCABULARY_LABEL,
     VIDEO_QA_SETTINGS,
     HBIConfig,
@@ -26,7 +26,7 @@ from .configuration_hbi import (
     config_with_answers,
     video_qa_config,
 )
-from .data import (
+from ..data.corpus import (
     EmptyBatchError,
     HBIDataCollator,
     VideoTextRecord,
@@ -36,12 +36,12 @@ from .data import (
     text_to_video_index,
     unique_videos,
 )
-from .estimator_pretraining import load_estimator_state_dict
-from .modeling_hbi import HBIVideoOutput
-from .modeling_hbi_qa import HBIForVideoQuestionAnswering
-from .qa_metrics import format_qa_table, question_type, video_qa_accuracy
-from .retrieval_cli import is_hbi_checkpoint, load_processor
-from .trainer import HBITrainer, HBITrainingArguments
+from ..training.estimator_pretraining import load_estimator_state_dict
+from ..models.hbi.modeling_hbi import HBIVideoOutput
+from ..models.hbi.modeling_hbi_qa import HBIForVideoQuestionAnswering
+from ..training.metrics.video_qa import format_qa_table, question_type, video_qa_accuracy
+from .retrieval import is_hbi_checkpoint, load_processor
+from ..training.trainer import HBITrainer, HBITrainingArguments
 
 logger = logging.get_logger(__name__)
 

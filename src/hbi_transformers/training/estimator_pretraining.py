@@ -23,10 +23,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from .banzhaf import BanzhafEstimator, monte_carlo_banzhaf_interaction
-from .conversion import convert_estimator_state_dict
-from .interaction import matched_word_frame_similarity
-from .modeling_hbi import HBIModel
+from ..models.hbi.banzhaf_estimator import BanzhafEstimator, monte_carlo_banzhaf_interaction
+from ..models.hbi.convert_hbi_original_to_hf import convert_estimator_state_dict
+from ..models.hbi.wti import matched_word_frame_similarity
+from ..models.hbi.modeling_hbi import HBIModel
 from .optimization import BertAdam, warmup_cosine_schedule
 
 SHARD_KEYS = ("similarity_map", "text_mask", "video_mask", "labels")

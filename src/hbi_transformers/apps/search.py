@@ -56,15 +56,15 @@ from tqdm.auto import tqdm
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
-from .configuration_hbi import LEVEL_NAMES
-from .data import VIDEO_EXTENSIONS, BadItem, BadItemCounter
-from .interaction import (
+from ..models.hbi.configuration_hbi import LEVEL_NAMES
+from ..data.corpus import VIDEO_EXTENSIONS, BadItem, BadItemCounter
+from ..models.hbi.wti import (
     LevelTokens,
     l2_normalize,
     matched_word_frame_similarity,
 )
-from .modeling_hbi import HBIModel, HBITextOutput, HBIVideoOutput
-from .video_io import VideoDecodingError
+from ..models.hbi.modeling_hbi import HBIModel, HBITextOutput, HBIVideoOutput
+from ..models.hbi.video_io import VideoDecodingError
 
 logger = logging.get_logger(__name__)
 
@@ -1085,7 +1085,7 @@ def _load_model_and_processor(model_name_or_path: str, tokenizer_name_or_path: s
     """The model and its processor (saved beside it, or built from the default video settings and
     the given tokenizer), as the other command lines load them."""
     # Imported here: retrieval_cli brings the Trainer stack, which the Python API does not need.
-    from .retrieval_cli import DataArguments, ModelArguments, load_processor
+    from ..cli.retrieval import DataArguments, ModelArguments, load_processor
 
     model = HBIModel.from_pretrained(model_name_or_path)
     model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()

@@ -2,11 +2,11 @@
 functions behind them return their results to Python callers, and `sys.exit` would take such a
 return value for an error."""
 
-from .conversion import main as convert_main
-from .qa_cli import main as qa_main
-from .retrieval_cli import estimator_main, evaluate_main, train_main
-from .search import index_main, search_main
-from .visualization import main as visualize_main
+from ..models.hbi.convert_hbi_original_to_hf import main as convert_main
+from .video_qa import main as qa_main
+from .retrieval import estimator_main, evaluate_main, train_main
+from ..apps.search import index_main, search_main
+from ..apps.visualization import main as visualize_main
 
 
 def _command(main):

@@ -17,13 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .banzhaf import monte_carlo_banzhaf_interaction
-from .configuration_hbi import LEVEL_NAMES
-from .interaction import LevelTokens, matched_word_frame_similarity
-from .modeling_hbi import HBIModel
-from .processing_hbi import HBIProcessor
-from .token_merging import TokenClusterMerge, cluster_tokens_dpc_knn, merge_clustered_tokens
-from .video_io import VideoSource, read_video
+from ..models.hbi.banzhaf_estimator import monte_carlo_banzhaf_interaction
+from ..models.hbi.configuration_hbi import LEVEL_NAMES
+from ..models.hbi.wti import LevelTokens, matched_word_frame_similarity
+from ..models.hbi.modeling_hbi import HBIModel
+from ..models.hbi.processing_hbi import HBIProcessor
+from ..models.hbi.token_merging import TokenClusterMerge, cluster_tokens_dpc_knn, merge_clustered_tokens
+from ..models.hbi.video_io import VideoSource, read_video
 
 SOURCES = ("estimator", "teacher", "monte_carlo")
 SOURCE_DESCRIPTIONS = {

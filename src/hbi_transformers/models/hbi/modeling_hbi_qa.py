@@ -13,7 +13,7 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_hbi import LEVEL_NAMES, OUT_OF_VOCABULARY_LABEL, HBIConfig
-from .interaction import LevelTokens, l2_normalize, weighted_token_interaction
+from .wti import LevelTokens, l2_normalize, weighted_token_interaction
 from .losses import gather_from_all_processes, kl_divergence, same_video_targets
 from .modeling_hbi import HBIModel, HBITextOutput, HBIVideoOutput
 from .token_merging import TokenClusterMerge

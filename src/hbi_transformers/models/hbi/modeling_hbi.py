@@ -9,9 +9,9 @@ from transformers import CLIPModel, CLIPTextModel, CLIPVisionModel, PreTrainedMo
 from transformers import initialization as init
 from transformers.utils import ModelOutput, logging
 
-from .banzhaf import BanzhafEstimator
+from .banzhaf_estimator import BanzhafEstimator
 from .configuration_hbi import LEVEL_NAMES, HBIConfig
-from .interaction import (
+from .wti import (
     LevelTokens,
     TokenWeightHead,
     chunked_weighted_token_interaction,
