@@ -17,15 +17,15 @@ from transformers import AutoTokenizer, CLIPTokenizer, HfArgumentParser, set_see
 from transformers.utils import logging
 
 from ..models.hbi.banzhaf_estimator import BanzhafEstimator
-from ..data.clip_vocabulary import clip_vocabulary
+from ..data import clip_vocabulary
 from ..models.hbi.configuration_hbi import HBIConfig
-from ..data.corpus import HBIDataCollator, iter_annotations, load_video_text_dataset
+from ..data import HBIDataCollator, iter_annotations, load_video_text_dataset
 from ..training.estimator_pretraining import LabelShardDataset, save_estimator, train_estimator, write_label_shards
 from ..training.metrics.retrieval import format_metrics_table
 from ..hub.model_card import write_model_card
 from ..models.hbi.modeling_hbi import HBIModel
 from ..models.hbi.processing_hbi import HBIProcessor, HBIVideoProcessor
-from ..data.synthetic_corpus import make_synthetic_corpus
+from ..data import make_synthetic_corpus
 from ..training.trainer import HBITrainer, HBITrainingArguments, SkipEmptyBatches, evaluate_retrieval
 from .visualization import interaction_maps, plot_interaction_maps
 

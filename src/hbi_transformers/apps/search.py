@@ -57,7 +57,7 @@ from transformers import HfArgumentParser
 from transformers.utils import logging
 
 from ..models.hbi.configuration_hbi import LEVEL_NAMES
-from ..data.corpus import VIDEO_EXTENSIONS, BadItem, BadItemCounter
+from ..data import VIDEO_EXTENSIONS, BadItem, BadItemCounter
 from ..models.hbi.wti import (
     LevelTokens,
     l2_normalize,

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, HfArgumentParser
 from transformers.utils import logging
 
 from ..models.hbi.configuration_hbi import HBIConfig
-from ..data.corpus import HBIDataCollator, load_video_text_dataset, read_activitynet, read_didemo, read_msrvtt
+from ..data import HBIDataCollator, load_video_text_dataset, read_activitynet, read_didemo, read_msrvtt
 from ..models.hbi.banzhaf_estimator import BanzhafEstimator
 from ..training.estimator_pretraining import (
     LabelShardDataset,

@@ -26,7 +26,7 @@ from ..models.hbi.configuration_hbi import (
     config_with_answers,
     video_qa_config,
 )
-from ..data.corpus import (
+from ..data import (
     EmptyBatchError,
     HBIDataCollator,
     VideoTextRecord,

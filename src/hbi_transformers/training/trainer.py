@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
-from ..data.corpus import EmptyBatchError, HBIDataCollator, VideoTextRecord, as_record, text_to_video_index, unique_videos
+from ..data import EmptyBatchError, HBIDataCollator, VideoTextRecord, as_record, text_to_video_index, unique_videos
 from ..models.hbi.losses import distributed_world_size
 from .metrics.retrieval import dual_softmax_retrieval_metrics, format_metrics_table, retrieval_metrics
 from ..models.hbi.modeling_hbi import HBITextOutput, HBIVideoOutput
