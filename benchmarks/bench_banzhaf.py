@@ -1,4 +1,4 @@
-"""Throughput of the Monte Carlo Banzhaf interaction labels (spec section 4).
+"""Throughput of the Monte Carlo Banzhaf interaction labels (docs/banzhaf.md).
 
     python benchmarks/bench_banzhaf.py
     python benchmarks/bench_banzhaf.py --batch 32 --words 64 --frames 64 --samples 100 --loop-pairs 1
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from hbi_transformers.models.hbi.banzhaf_estimator import LABEL_SIMILARITY_SCALE, draw_coalitions, monte_carlo_banzhaf_interaction
+from hbi_transformers.training.banzhaf_labels import LABEL_SIMILARITY_SCALE, draw_coalitions, monte_carlo_banzhaf_interaction
 from hbi_transformers.models.hbi.wti import MASKED_WEIGHT_LOGIT
 
 

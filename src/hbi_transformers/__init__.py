@@ -9,20 +9,28 @@ from transformers import (
     AutoVideoProcessor,
 )
 
-from .models.hbi.configuration_hbi import HBIConfig, config_with_answers, video_qa_config
-from .models.hbi.modeling_hbi import (
+from .apps.search import IndexReport, SearchHit, VideoIndex, build_index, search
+from .data import HBIDataCollator, VideoTextRecord, iter_annotations, load_video_text_dataset
+from .hub.model_card import render_model_card, write_model_card
+from .models.hbi import (
+    DecodedVideo,
+    HBIConfig,
+    HBIForVideoQuestionAnswering,
     HBIModel,
     HBIOutput,
     HBIPreTrainedModel,
+    HBIProcessor,
     HBISimilarityOutput,
     HBITextOutput,
     HBIVideoOutput,
+    HBIVideoProcessor,
+    HBIVideoQuestionAnsweringOutput,
+    VideoDecodingError,
+    config_with_answers,
+    read_video,
+    video_qa_config,
 )
-from .hub.model_card import render_model_card, write_model_card
-from .models.hbi.modeling_hbi_qa import HBIForVideoQuestionAnswering, HBIVideoQuestionAnsweringOutput
-from .models.hbi.processing_hbi import HBIProcessor, HBIVideoProcessor
-from .apps.search import IndexReport, SearchHit, VideoIndex, build_index, search
-from .models.hbi.video_io import DecodedVideo, VideoDecodingError, read_video
+from .training import HBITrainer, HBITrainingArguments, VideoQATrainingArguments, evaluate_retrieval
 
 AutoConfig.register(HBIConfig.model_type, HBIConfig, exist_ok=True)
 AutoModel.register(HBIConfig, HBIModel, exist_ok=True)
@@ -42,6 +50,14 @@ HBIProcessor.register_for_auto_class("AutoProcessor")
 __all__ = [
     "DecodedVideo",
     "HBIConfig",
+    "HBIDataCollator",
+    "HBITrainer",
+    "HBITrainingArguments",
+    "VideoQATrainingArguments",
+    "VideoTextRecord",
+    "evaluate_retrieval",
+    "iter_annotations",
+    "load_video_text_dataset",
     "HBIForVideoQuestionAnswering",
     "HBIModel",
     "HBIOutput",

@@ -1,7 +1,7 @@
-"""The main job out of the box: `hbi-train` with no arguments.
+"""The main job out of the box: `hbi-demo` (and `hbi-train` with no arguments).
 
 On a machine with no GPU, no hub access and no MSR-VTT, it renders the synthetic shapes corpus
-(`synthetic_corpus`), builds a small CLIP-shaped HBI, pre-trains its Banzhaf estimator briefly,
+(`hbi_transformers.data.synthetic`), builds a small CLIP-shaped HBI, pre-trains its Banzhaf estimator briefly,
 trains HBI, and evaluates the untrained and the trained model on the test split, printing both
 tables side by side. The output folder gets the model, the processor, a filled-in model card, the
 metrics and a word x frame interaction heatmap of a test clip.
@@ -13,33 +13,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, CLIPTokenizer, HfArgumentParser, set_seed
+from transformers import AutoTokenizer, CLIPTokenizer, set_seed
 from transformers.utils import logging
 
-from ..models.hbi.banzhaf_estimator import BanzhafEstimator
-from ..data import clip_vocabulary
-from ..models.hbi.configuration_hbi import HBIConfig
-from ..data import HBIDataCollator, iter_annotations, load_video_text_dataset
-from ..training.estimator_pretraining import LabelShardDataset, save_estimator, train_estimator, write_label_shards
-from ..training.metrics.retrieval import format_metrics_table
+from ..data import HBIDataCollator, clip_vocabulary, iter_annotations, load_video_text_dataset, make_synthetic_corpus
 from ..hub.model_card import write_model_card
-from ..models.hbi.modeling_hbi import HBIModel
-from ..models.hbi.processing_hbi import HBIProcessor, HBIVideoProcessor
-from ..data import make_synthetic_corpus
-from ..training.trainer import HBITrainer, HBITrainingArguments, SkipEmptyBatches, evaluate_retrieval
+from ..models.hbi import HBIConfig, HBIModel, HBIProcessor, HBIVideoProcessor
+from ..models.hbi.banzhaf_estimator import BanzhafEstimator
+from ..training import HBITrainer, HBITrainingArguments, evaluate_retrieval, format_metrics_table
+from ..training.estimator_pretraining import LabelShardDataset, save_estimator, train_estimator, write_label_shards
 from .visualization import interaction_maps, plot_interaction_maps
 
 logger = logging.get_logger(__name__)
 
 
 @dataclass
-class DemoArguments:
+class DemoSettings:
+    """What the demonstration runs; `hbi-demo --help` lists these as options."""
+
     output_dir: str = field(default="hbi-demo", metadata={"help": "Model, processor, card, metrics, heatmap."})
-    corpus_dir: str | None = field(default=None, metadata={"help": "Synthetic corpus (default: OUTPUT_DIR/corpus)."})
+    corpus_dir: str | None = field(default=None, metadata={"help": "Synthetic corpus folder; None: OUTPUT_DIR/corpus."})
     num_clips: int = field(default=1200, metadata={"help": "Clips of the synthetic corpus (80/10/10 split)."})
     tokenizer_name_or_path: str | None = field(
         default="clip-tokenizer",
-        metadata={"help": "A CLIP tokenizer folder (scripts/build_clip_tokenizer.py); when absent, a tokenizer "
+        metadata={"help": "A CLIP tokenizer folder (hbi-build-tokenizer); when absent, a tokenizer "
                   "is trained on the captions."},
     )
     hidden_size: int = field(default=128, metadata={"help": "Width of both towers and of the joint space."})
@@ -55,7 +52,7 @@ class DemoArguments:
     seed: int = field(default=0)
 
 
-def caption_tokenizer(args: DemoArguments, captions: list[str]):
+def caption_tokenizer(args: DemoSettings, captions: list[str]):
     """The real CLIP tokenizer when it has been built, else a CLIP-style BPE tokenizer trained on
     the corpus captions."""
     if args.tokenizer_name_or_path and Path(args.tokenizer_name_or_path).exists():
@@ -69,7 +66,7 @@ def caption_tokenizer(args: DemoArguments, captions: list[str]):
     return tokenizer
 
 
-def small_hbi_config(args: DemoArguments, tokenizer) -> HBIConfig:
+def small_hbi_config(args: DemoSettings, tokenizer) -> HBIConfig:
     tower = dict(
         hidden_size=args.hidden_size,
         intermediate_size=4 * args.hidden_size,
@@ -85,12 +82,12 @@ def small_hbi_config(args: DemoArguments, tokenizer) -> HBIConfig:
     )
 
 
-def pretrain_estimator(model, collator, train_records, args: DemoArguments, output_dir: Path) -> dict:
+def pretrain_estimator(model, collator, train_records, args: DemoSettings, output_dir: Path) -> dict:
     """Labels the training pairs with the untrained model (the official recipe without an initial
     HBI checkpoint) and trains the teacher estimator on them."""
-    loader = torch.utils.data.DataLoader(train_records, batch_size=args.batch_size, collate_fn=collator)
     label_dir = output_dir / "estimator" / "labels"
-    write_label_shards(model, SkipEmptyBatches(loader), label_dir, args.estimator_samples, args.seed)
+    write_label_shards(model, collator, train_records, label_dir, args.estimator_samples, args.seed,
+                       batch_size=args.batch_size)
     labels = LabelShardDataset(label_dir)
     heldout = max(1, len(labels) // 10)
     train_part, heldout_part = torch.utils.data.random_split(
@@ -105,8 +102,9 @@ def pretrain_estimator(model, collator, train_records, args: DemoArguments, outp
     return {"heldout_mse": last.heldout_mse, "mean_baseline_mse": last.mean_baseline_mse}
 
 
-def demo_main(argv=None) -> dict:
-    (args,) = HfArgumentParser(DemoArguments).parse_args_into_dataclasses(args=argv)
+def run_demo(args: DemoSettings) -> dict:
+    """Runs the demonstration; returns its summary (both evaluations, the estimator's held-out
+    error, the minutes it took and the settings)."""
     started = time.perf_counter()
     set_seed(args.seed)
     output_dir = Path(args.output_dir)

@@ -7,7 +7,6 @@ PNG, with the sampled frames as thumbnails along the entity level's frame axis. 
 command line of `scripts/visualize_interaction.py`. Plotting needs matplotlib.
 """
 
-import argparse
 import inspect
 import textwrap
 from contextlib import contextmanager
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models.hbi.banzhaf_estimator import monte_carlo_banzhaf_interaction
+from ..training.banzhaf_labels import monte_carlo_banzhaf_interaction
 from ..models.hbi.configuration_hbi import LEVEL_NAMES
 from ..models.hbi.wti import LevelTokens, matched_word_frame_similarity
 from ..models.hbi.modeling_hbi import HBIModel
@@ -485,36 +484,3 @@ def _reading_order(members: list[list[int]]) -> list[int]:
 
 def _wrapped(label: str, width: int | None) -> str:
     return label if width is None else "\n".join(textwrap.wrap(label, width)) or label
-
-
-# ------------------------------------------------------------------------------------------------
-# Command line
-# ------------------------------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(
-        description="Draw the word x frame Banzhaf interaction maps (entity, action and event levels) "
-        "of a caption and a video as a PNG."
-    )
-    parser.add_argument("--model", required=True, help="An HBI folder holding the model and its processor.")
-    parser.add_argument("--video", required=True, help="The video file.")
-    parser.add_argument("--caption", required=True, help="The text.")
-    parser.add_argument("--output", required=True, help="The PNG to write.")
-    parser.add_argument(
-        "--source", choices=SOURCES, default="estimator", help="Where the values come from (default: %(default)s)."
-    )
-    parser.add_argument(
-        "--num-samples", type=int, default=200, help="Monte Carlo coalitions per value (default: %(default)s)."
-    )
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the clustering noise and the Monte Carlo draws.")
-    args = parser.parse_args(argv)
-
-    model = HBIModel.from_pretrained(args.model).eval()
-    processor = HBIProcessor.from_pretrained(args.model)
-    maps = interaction_maps(
-        model, processor, args.video, args.caption, source=args.source, num_samples=args.num_samples, seed=args.seed
-    )
-    output_path = plot_interaction_maps(maps, args.output)
-    print(output_path)
-    return output_path

@@ -2,30 +2,15 @@
 layouts), the collator with bad-video accounting, the synthetic corpus and the offline CLIP
 tokenizer builder. Builds on `hbi_transformers.models` only."""
 
+from .annotations import annotation_rows, iter_annotations
+from .bad_items import BadItem, BadItemCounter, TooManyBadVideosError
 from .clip_vocabulary import build_clip_tokenizer, clip_vocabulary, download_open_clip_bpe, extract_bpe_from_wheel
-from .corpus import (
-    VIDEO_EXTENSIONS,
-    BadItem,
-    BadItemCounter,
-    EmptyBatchError,
-    HBIDataCollator,
-    TooManyBadVideosError,
-    VideoClip,
-    VideoTextRecord,
-    annotation_rows,
-    as_record,
-    iter_annotations,
-    iter_webdataset,
-    load_video_text_dataset,
-    read_activitynet,
-    read_didemo,
-    read_msrvtt,
-    read_msrvtt_qa,
-    stable_video_index,
-    text_to_video_index,
-    unique_videos,
-)
-from .synthetic_corpus import make_synthetic_corpus
+from .collator import EmptyBatchError, HBIDataCollator, stable_video_index
+from .loading import load_video_text_dataset
+from .official import read_activitynet, read_didemo, read_msrvtt, read_msrvtt_qa
+from .records import VIDEO_EXTENSIONS, VideoClip, VideoTextRecord, as_record, text_to_video_index, unique_videos
+from .synthetic import make_synthetic_corpus
+from .webdataset import iter_webdataset
 
 __all__ = [
     "VIDEO_EXTENSIONS",

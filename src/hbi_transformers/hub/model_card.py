@@ -3,7 +3,7 @@
     write_model_card("hbi-msrvtt", "hbi-msrvtt/eval_results.json", model_name="hbi-msrvtt",
                      datasets=["friedrichor/MSR-VTT"], dataset_name="MSR-VTT 1k-A")
 
-The text comes from `model_cards/hbi_template.md` (`string.Template` placeholders). The metadata
+The text comes from `templates/hbi_template.md` beside this module (`string.Template` placeholders). The metadata
 is written with `huggingface_hub.ModelCardData`, the hub's own serialiser, so the model-index
 follows the hub's schema:
 
@@ -24,17 +24,10 @@ follows the hub's schema:
 `render_official_model_card` / `write_official_model_cards` make the cards of the conversions of
 the official MSR-VTT and ActivityNet checkpoints (`model_cards/hbi-*.md`), citing the paper and
 leaving the measured figures to fill once a conversion is evaluated.
-
-`prepare_hub_folder` assembles what goes to the hub for a trained or converted model folder:
-`save_pretrained` of the model and processor (config with `auto_map`, safetensors weights,
-processor and tokenizer files, and the remote-code modules, since the package registers its
-classes for the auto classes on import) plus the card, and checks that it is complete, so that
-`AutoModel.from_pretrained(repo, trust_remote_code=True)` works for people without the package.
 """
 
 import json
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +36,6 @@ from string import Template
 from huggingface_hub import EvalResult, ModelCardData
 
 from ..training.metrics.retrieval import format_metrics_table
-from ..models.hbi.modeling_hbi import HBIModel
 
 # Package data, so that an installed wheel renders cards too.
 TEMPLATE_PATH = Path(__file__).with_name("templates") / "hbi_template.md"
@@ -224,7 +216,7 @@ OFFICIAL_CHECKPOINTS = {
         dataset="friedrichor/MSR-VTT",
         dataset_name="MSR-VTT (1k-A test split)",
         dataset_split="test",
-        # HBI_SPEC section 6 (paper, ViT-B/32).
+        # The paper's figures (ViT-B/32), see docs/inference.md.
         reported_metrics={"t2v_R@1": 48.6, "t2v_R@5": 74.6, "t2v_R@10": 83.4, "t2v_MdR": 2.0, "t2v_MnR": 12.0},
         description=_CONVERSION.format(dataset="MSR-VTT")
         + " The official repository reports text-to-video R@1 48.2 for a model trained with its released "
@@ -276,104 +268,3 @@ def write_official_model_cards(
         path.write_text(render_official_model_card(name, measured.get(name)))
         paths.append(path)
     return paths
-
-
-# --------------------------------------------------------------------------------------------
-# The folder pushed to the hub
-
-EVALUATION_FILE = "eval_results.json"  # what hbi-train writes beside the model
-_RELATIVE_IMPORT = re.compile(r"^\s*from \.(\w+) import", re.MULTILINE)
-
-
-def prepare_hub_folder(
-    model_dir: str | os.PathLike,
-    output_dir: str | os.PathLike,
-    card_metrics: Mapping | str | os.PathLike | None = None,
-    tokenizer: str | None = None,
-    **card_options,
-) -> Path:
-    """Writes into `output_dir` (new or empty) everything a hub repository of the model needs, and
-    returns it.
-
-    Args:
-        model_dir: a trained or converted HBI folder.
-        output_dir: the folder to upload.
-        card_metrics: the evaluation shown in the card (dict or JSON path); by default
-            `model_dir/eval_results.json` when it exists.
-        tokenizer: a CLIP tokenizer, for a folder saved without its processor (a conversion); the
-            processor then gets the official video settings.
-        card_options: passed to `render_model_card` (`model_name` defaults to the last part of
-            `repo_id`, or the folder's name).
-
-    Raises:
-        ValueError: `output_dir` is not empty, or the written folder misses a file (see
-            `missing_hub_files`).
-    """
-    # retrieval_cli holds the shared processor loading; imported here so that importing this
-    # module (from a training script) stays light.
-    from ..cli.retrieval import DataArguments, ModelArguments, load_processor
-
-    model_dir, output_dir = Path(model_dir), Path(output_dir)
-    if output_dir.exists() and any(output_dir.iterdir()):
-        raise ValueError(f"{output_dir} is not empty: give a new folder for the upload")
-    model = HBIModel.from_pretrained(model_dir)
-    processor = load_processor(
-        ModelArguments(model_name_or_path=str(model_dir), tokenizer_name_or_path=tokenizer),
-        DataArguments(),
-        model.config.vision_config.image_size,
-    )
-    model.save_pretrained(output_dir)
-    processor.save_pretrained(output_dir)
-
-    if card_metrics is None and (model_dir / EVALUATION_FILE).exists():
-        card_metrics = model_dir / EVALUATION_FILE
-    repo_id = card_options.get("repo_id")
-    card_options.setdefault("model_name", repo_id.split("/")[-1] if repo_id else model_dir.resolve().name)
-    video_processor = processor.video_processor
-    card_options.setdefault("max_frames", video_processor.max_frames)
-    card_options.setdefault("video_framerate", video_processor.video_framerate)
-    card_options.setdefault("image_size", video_processor.crop_size["height"])
-    card_options.setdefault("max_words", processor.max_words)
-    write_model_card(output_dir, card_metrics, **card_options)
-
-    missing = missing_hub_files(output_dir)
-    if missing:
-        raise ValueError(f"the hub folder {output_dir} is incomplete, missing: {', '.join(missing)}")
-    return output_dir
-
-
-def missing_hub_files(folder: str | os.PathLike) -> list[str]:
-    """What a hub folder of an HBI model lacks: config.json with an `auto_map`, the weights,
-    processor_config.json with an `auto_map`, the tokenizer, README.md, and every module the
-    `auto_map`s name together with the modules they import (relatively), recursively."""
-    folder = Path(folder)
-    missing = [
-        name
-        for name in ("config.json", "model.safetensors", "processor_config.json", "tokenizer_config.json", "README.md")
-        if not (folder / name).exists()
-    ]
-    auto_maps = []
-    for name in ("config.json", "processor_config.json"):
-        if (folder / name).exists():
-            saved = json.loads((folder / name).read_text())
-            if "auto_map" not in saved:
-                missing.append(f"auto_map in {name}")
-            auto_maps += [saved.get("auto_map", {}), saved.get("video_processor", {}).get("auto_map", {})]
-    references = [
-        reference
-        for auto_map in auto_maps
-        for value in auto_map.values()
-        for reference in (value if isinstance(value, list) else [value])  # tokenizers map to [slow, fast]
-        if reference
-    ]
-    pending = {reference.split(".")[0] for reference in references}
-    seen = set()
-    while pending:
-        module = pending.pop()
-        seen.add(module)
-        path = folder / f"{module}.py"
-        if not path.exists():
-            missing.append(path.name)
-            continue
-        pending |= set(_RELATIVE_IMPORT.findall(path.read_text())) - seen
-    return missing

@@ -1,0 +1,1 @@
+"""The models of hbi_transformers, one folder each, as transformers keeps them."""

@@ -1,0 +1,38 @@
+"""Training and evaluation: `HBITrainer` with the official recipes, optimisation, Banzhaf labels
+and estimator pre-training, the corpus encoder and evaluators, and the metrics. Builds on
+`hbi_transformers.models` and `hbi_transformers.data`."""
+
+from .arguments import HBITrainingArguments, VideoQATrainingArguments
+from .evaluation import (
+    RetrievalEvaluator,
+    VideoQAEvaluator,
+    encode_clips,
+    encode_corpus,
+    encode_texts,
+    evaluate_retrieval,
+    evaluate_video_qa,
+    predict_answers,
+)
+from .metrics.retrieval import format_metrics_table, load_retrieval_metric, retrieval_metrics
+from .metrics.video_qa import format_qa_table, video_qa_accuracy
+from .trainer import HBITrainer, SkipEmptyBatches
+
+__all__ = [
+    "HBITrainer",
+    "HBITrainingArguments",
+    "RetrievalEvaluator",
+    "SkipEmptyBatches",
+    "VideoQAEvaluator",
+    "VideoQATrainingArguments",
+    "encode_clips",
+    "encode_corpus",
+    "encode_texts",
+    "evaluate_retrieval",
+    "evaluate_video_qa",
+    "format_metrics_table",
+    "format_qa_table",
+    "load_retrieval_metric",
+    "predict_answers",
+    "retrieval_metrics",
+    "video_qa_accuracy",
+]

@@ -1,5 +1,5 @@
 """Pre-training of the Banzhaf interaction estimator that HBI uses as its frozen teacher
-(spec section 4).
+(docs/banzhaf.md).
 
 The recipe: an HBI model (CLIP, temporal module, frame position embeddings and entity-level weight
 heads) stays frozen and gives, for every matched text-video pair, its entity-level word-frame
@@ -9,13 +9,13 @@ learns to predict the labels from the map (MSE against the masked prediction), w
 optimiser (BertAdam, lr 1e-2, weight decay 0.2, 10% warm-up then cosine over 5 epochs).
 
 The saved file holds a `BanzhafEstimator` state dict; an HBI model takes it as its teacher with
-`model.banzhaf_teacher.load_state_dict(load_estimator_state_dict(path))`, which also reads the
-official estimator checkpoints.
+`model.banzhaf_teacher.load_state_dict(load_estimator_state_dict(path))` (from the model's
+converter module, which also reads the official estimator checkpoints).
 """
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,10 +23,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from ..models.hbi.banzhaf_estimator import BanzhafEstimator, monte_carlo_banzhaf_interaction
-from ..models.hbi.convert_hbi_original_to_hf import convert_estimator_state_dict
+from ..data import HBIDataCollator, VideoTextRecord, as_record
+from ..models.hbi.banzhaf_estimator import BanzhafEstimator
+from ..models.hbi.modeling_hbi import HBIModel, HBITextOutput, HBIVideoOutput
 from ..models.hbi.wti import matched_word_frame_similarity
-from ..models.hbi.modeling_hbi import HBIModel
+from .banzhaf_labels import monte_carlo_banzhaf_interaction
+from .evaluation import encode_corpus
 from .optimization import BertAdam, warmup_cosine_schedule
 
 SHARD_KEYS = ("similarity_map", "text_mask", "video_mask", "labels")
@@ -34,52 +36,77 @@ MANIFEST = "labels.json"
 
 
 @torch.no_grad()
-def entity_similarity_maps(model: HBIModel, batch: dict) -> dict[str, torch.Tensor]:
-    """The entity-level word-frame similarity map of each matched pair `[batch, words, frames]`
-    (masked, as the official estimator sees it) with the masks and the softmaxed token weights."""
-    text = model.get_text_features(batch["input_ids"], batch["attention_mask"])
-    video = model.get_video_features(batch["pixel_values_videos"], batch.get("video_mask"))
-    text_entity = model.text_levels(text.text_embeds, text.attention_mask, num_levels=1)[0]
-    video_entity = model.video_levels(video.video_embeds, video.video_mask, num_levels=1)[0]
+def entity_similarity_maps(model: HBIModel, texts: HBITextOutput, videos: HBIVideoOutput) -> dict[str, torch.Tensor]:
+    """The entity-level word-frame similarity map of each matched pair (text i with video i)
+    `[batch, words, frames]` (masked, as the official estimator sees it) with the masks and the
+    softmaxed token weights."""
+    text_entity = model.text_levels(texts.text_embeds, texts.attention_mask, num_levels=1)[0]
+    video_entity = model.video_levels(videos.video_embeds, videos.video_mask, num_levels=1)[0]
     return {
         "similarity_map": matched_word_frame_similarity(text_entity, video_entity),
-        "text_mask": text.attention_mask,
-        "video_mask": video.video_mask,
+        "text_mask": texts.attention_mask,
+        "video_mask": videos.video_mask,
         "text_weight": text_entity.weights,
         "video_weight": video_entity.weights,
     }
 
 
+@torch.no_grad()
+def label_pairs(
+    model: HBIModel, texts: HBITextOutput, videos: HBIVideoOutput, num_samples: int, generator: torch.Generator
+) -> dict[str, torch.Tensor]:
+    """What the label cache stores for matched pairs (text i with video i), on the CPU: their
+    entity-level maps, masks and Monte Carlo Banzhaf interaction labels."""
+    maps = entity_similarity_maps(model, texts, videos)
+    labels = monte_carlo_banzhaf_interaction(
+        maps["similarity_map"], maps["text_mask"], maps["video_mask"], maps["text_weight"],
+        maps["video_weight"], num_samples=num_samples, generator=generator,
+    )
+    return {**{key: maps[key].cpu() for key in SHARD_KEYS[:3]}, "labels": labels.cpu()}
+
+
 def write_label_shards(
     model: HBIModel,
-    batches: Iterable[dict],
+    collator: HBIDataCollator,
+    records: Sequence[VideoTextRecord],
     output_dir: str | Path,
     num_samples: int = 100,
     seed: int = 0,
+    batch_size: int = 32,
     pairs_per_shard: int = 4096,
+    progress: bool = True,
 ) -> int:
-    """Computes the Monte Carlo labels of every pair in `batches` once and writes them, with the
-    maps and masks, as safetensors shards plus a manifest. Returns the number of pairs."""
+    """Labels every record's caption with its clip once and writes the labels, with the maps and
+    masks, as safetensors shards of `pairs_per_shard` records plus a manifest. Each shard's
+    distinct clips are decoded and encoded once (`encode_corpus`); records whose video fails to
+    decode are counted by the collator and left out. Returns the number of labelled pairs."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    pending, shard_names, total = [], [], 0
+    records = [as_record(record) for record in records]
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    shard_names, total = [], 0
+    was_training = model.training
     model.eval()
-    for batch in tqdm(batches, desc="Banzhaf labels", unit="batch"):
-        batch = {key: value.to(device) for key, value in batch.items() if isinstance(value, torch.Tensor)}
-        maps = entity_similarity_maps(model, batch)
-        labels = monte_carlo_banzhaf_interaction(
-            maps["similarity_map"], maps["text_mask"], maps["video_mask"], maps["text_weight"],
-            maps["video_weight"], num_samples=num_samples, generator=generator,
-        )
-        pending.append({**{key: maps[key].cpu() for key in SHARD_KEYS[:3]}, "labels": labels.cpu()})
-        total += labels.shape[0]
-        if sum(item["labels"].shape[0] for item in pending) >= pairs_per_shard:
-            shard_names.append(_write_shard(pending, output_dir, len(shard_names)))
-            pending = []
-    if pending:
-        shard_names.append(_write_shard(pending, output_dir, len(shard_names)))
+    try:
+        for group_start in tqdm(range(0, len(records), pairs_per_shard), desc="Banzhaf label shards",
+                                unit="shard", disable=not progress):
+            corpus = encode_corpus(model, collator, records[group_start : group_start + pairs_per_shard],
+                                   batch_size, progress=progress)
+            parts = []
+            for start in range(0, len(corpus.text_to_video), batch_size):
+                rows = torch.tensor(corpus.text_to_video[start : start + batch_size],
+                                    device=corpus.videos.video_embeds.device)
+                texts = HBITextOutput(
+                    text_embeds=corpus.texts.text_embeds[start : start + batch_size],
+                    attention_mask=corpus.texts.attention_mask[start : start + batch_size],
+                )
+                videos = HBIVideoOutput(video_embeds=corpus.videos.video_embeds[rows],
+                                        video_mask=corpus.videos.video_mask[rows])
+                parts.append(label_pairs(model, texts, videos, num_samples, generator))
+            shard_names.append(_write_shard(parts, output_dir, len(shard_names)))
+            total += len(corpus.text_to_video)
+    finally:
+        model.train(was_training)
     manifest = {"pairs": total, "num_samples": num_samples, "seed": seed, "shards": shard_names,
                 "model": model.config.name_or_path}
     (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -200,16 +227,3 @@ def real_cell_label_mean(loader) -> float:
 def save_estimator(estimator: BanzhafEstimator, path: str | Path) -> None:
     save_file({key: value.contiguous() for key, value in estimator.state_dict().items()}, str(path),
               metadata={"width": str(estimator.width)})
-
-
-def load_estimator_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A `BanzhafEstimator` state dict from a file saved by `save_estimator` (safetensors) or an
-    official estimator checkpoint (`BanzhafModule` keys, as the official pre-training saves them)."""
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        state_dict = load_file(str(path))
-    else:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    if "conv_in.weight" in state_dict:
-        return state_dict
-    return convert_estimator_state_dict(state_dict, source=str(path))

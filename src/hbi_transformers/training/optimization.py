@@ -1,5 +1,5 @@
 """The official HBI optimisation recipe: parameter groups, the "BertAdam" optimiser, and the
-warm-up + cosine schedule over a fixed horizon (spec section 5)."""
+warm-up + cosine schedule over a fixed horizon (docs/training.md)."""
 
 import math
 
@@ -21,9 +21,12 @@ def hbi_parameter_groups(model: torch.nn.Module, learning_rate: float, coef_lr: 
         for is_clip in (True, False)
         for decayed in (True, False)
     }
+    # A task model holds the retrieval body under its base_model_prefix; the groups are the body's.
+    body_prefix = f"{getattr(model, 'base_model_prefix', '')}."
     for name, parameter in model.named_parameters():
         if parameter.requires_grad:
-            groups[(name.startswith(CLIP_PARAMETER_PREFIXES), "bias" not in name)]["params"].append(parameter)
+            body_name = name.removeprefix(body_prefix)
+            groups[(body_name.startswith(CLIP_PARAMETER_PREFIXES), "bias" not in name)]["params"].append(parameter)
     return [group for group in groups.values() if group["params"]]
 
 

@@ -148,7 +148,7 @@ class HBIConfig(PretrainedConfig):
 
 
 # --------------------------------------------------------------------------------------------
-# Video question answering (spec section 7)
+# Video question answering (docs/video_qa.md)
 # --------------------------------------------------------------------------------------------
 # Where the official MSRVTT-QA model differs from retrieval in settings that the weights do not
 # tell: 32 words -> 8 -> 1 and 12 frames -> 3 -> 1, entity-level Banzhaf maps left unmasked, and

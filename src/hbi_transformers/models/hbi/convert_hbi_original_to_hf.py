@@ -19,7 +19,6 @@ key must find its place and every target key must be filled: anything else is an
 lists the keys. The few keys the official modules hold but never use are dropped by name.
 """
 
-import argparse
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
@@ -30,7 +29,7 @@ import torch
 from safetensors.torch import load_file
 from transformers.utils import logging
 
-from .configuration_hbi import TEMPORAL_MODULES, VIDEO_QA_SETTINGS, HBIConfig, answer_label_maps
+from .configuration_hbi import VIDEO_QA_SETTINGS, HBIConfig, answer_label_maps
 from .modeling_hbi import HBIModel
 from .modeling_hbi_qa import HBIForVideoQuestionAnswering
 
@@ -418,6 +417,19 @@ def convert_estimator_state_dict(
     return _estimator_key_map().convert(estimator, source)
 
 
+def load_estimator_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A `BanzhafEstimator` state dict from a safetensors file of one (as estimator pre-training
+    saves it) or an official estimator checkpoint (`BanzhafModule` keys)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        state_dict = load_file(str(path))
+    else:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    if "conv_in.weight" in state_dict:
+        return state_dict
+    return convert_estimator_state_dict(state_dict, source=str(path))
+
+
 def convert_official_state_dict(
     state_dict: Mapping[str, torch.Tensor], source: str = "the HBI state dict", **hbi_overrides
 ) -> tuple[HBIConfig, dict[str, torch.Tensor]]:
@@ -459,7 +471,10 @@ def convert_official_qa_state_dict(
         raise ValueError(f"{source} answers with {num_answers} labels, but the answer vocabulary has {len(id2label)}")
     labels = {} if id2label is not None else {"num_labels": num_answers}
     config = config_from_official_state_dict(state_dict, source, **{**VIDEO_QA_SETTINGS, **labels, **hbi_overrides})
-    return config, _qa_key_map(config).convert(state_dict, source)
+    converted = _qa_key_map(config).convert(state_dict, source)
+    # The retrieval body sits under the QA model's base_model_prefix; the answer heads beside it.
+    body = HBIForVideoQuestionAnswering.base_model_prefix
+    return config, {key if key.startswith("answer_heads.") else f"{body}.{key}": tensor for key, tensor in converted.items()}
 
 
 def _is_torchscript_archive(path: Path) -> bool:
@@ -569,7 +584,8 @@ def convert_checkpoint(
         converted = convert_openai_clip_state_dict(state_dict, source)
         fresh_prefixes = HBI_HEAD_PREFIXES
     if teacher is not None:
-        converted.update({f"banzhaf_teacher.{key}": tensor for key, tensor in teacher.items()})
+        body = f"{model_class.base_model_prefix}." if model_class is HBIForVideoQuestionAnswering else ""
+        converted.update({f"{body}banzhaf_teacher.{key}": tensor for key, tensor in teacher.items()})
 
     model = model_class(config)
     _load_checked(model, converted, source, fresh_prefixes)
@@ -591,52 +607,3 @@ def convert_checkpoint(
     lines.append(f"Saved to {output}")
     report("\n".join(lines))
     return model
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="hbi-convert",
-        description=(
-            "Convert an official HBI checkpoint (jpthu17/HBI; retrieval or video QA), or an OpenAI CLIP "
-            "checkpoint to start a fresh HBI, into a transformers HBIModel (HBIForVideoQuestionAnswering) folder."
-        ),
-    )
-    parser.add_argument(
-        "--checkpoint", required=True, help="full HBI state dict, or OpenAI CLIP file (e.g. ViT-B-32.pt)"
-    )
-    parser.add_argument("--output", required=True, help="folder to save the HBIModel to")
-    parser.add_argument("--estimator", help="official Banzhaf estimator checkpoint, loaded into the teacher")
-    parser.add_argument(
-        "--answers", help="video QA checkpoint: its answer vocabulary (train_ans2label.json), which sets id2label"
-    )
-    hyper = parser.add_argument_group(
-        "HBI hyper-parameters",
-        "Not stored in the weights; when left out, the official defaults of HBIConfig apply (for a video QA "
-        "checkpoint, with the official QA settings of VIDEO_QA_SETTINGS).",
-    )
-    # Absent options stay out of the namespace, so that only what the user sets overrides the config.
-    unset = argparse.SUPPRESS
-    hyper.add_argument("--text-merge-ratios", type=float, nargs=2, metavar=("ACTION", "EVENT"), default=unset)
-    hyper.add_argument("--video-merge-ratios", type=float, nargs=2, metavar=("ACTION", "EVENT"), default=unset)
-    hyper.add_argument("--cluster-num-neighbors", type=int, default=unset)
-    hyper.add_argument("--merge-attention-heads", type=int, default=unset)
-    hyper.add_argument(
-        "--level-weights", type=float, nargs=3, metavar=("ENTITY", "ACTION", "EVENT"), default=unset
-    )
-    hyper.add_argument("--banzhaf-kl-weight", type=float, default=unset)
-    hyper.add_argument("--distillation-kl-weight", type=float, default=unset)
-    hyper.add_argument(
-        "--no-mask-entity-banzhaf-maps", dest="mask_entity_banzhaf_maps", action="store_false", default=unset
-    )
-    hyper.add_argument(
-        "--temporal-module", choices=TEMPORAL_MODULES, default=unset, help="for a CLIP checkpoint only"
-    )
-    hyper.add_argument("--temporal-num-layers", type=int, default=unset, help="for a CLIP checkpoint only")
-    hyper.add_argument(
-        "--qa-level-weights", type=float, nargs=3, metavar=("ENTITY", "ACTION", "EVENT"), default=unset,
-        help="video QA: weights of the levels' answer logits",
-    )
-    hyper.add_argument("--qa-distillation-kl-weight", type=float, default=unset, help="video QA: kl of the answer logits")
-    args = vars(parser.parse_args(argv))
-    checkpoint, output, estimator = args.pop("checkpoint"), args.pop("output"), args.pop("estimator")
-    convert_checkpoint(checkpoint, output, estimator, report=print, answers=args.pop("answers"), **args)

@@ -1,4 +1,4 @@
-"""Loss terms of HBI training (spec section 5), each one small function."""
+"""Loss terms of HBI training (docs/training.md), each one small function."""
 
 import torch
 import torch.nn.functional as F

@@ -207,7 +207,7 @@ class HBIPreTrainedModel(PreTrainedModel):
 class HBIModel(HBIPreTrainedModel):
     """HBI text-video retrieval model: CLIP text and vision towers, a temporal module over frames,
     and a three-level (entity, action, event) hierarchy of weighted token-wise interactions with
-    Banzhaf interaction estimators. See `HBI_SPEC.md` for exactly what is computed.
+    Banzhaf interaction estimators. See docs/README.md for exactly what is computed.
 
     Example:
 
@@ -284,29 +284,39 @@ class HBIModel(HBIPreTrainedModel):
     ) -> list[LevelTokens]:
         """The entity, action and event tokens (the first `num_levels` of them) of a batch of texts,
         merged together as one batch."""
-        return self._levels(text_embeds, attention_mask, "text", num_levels)
+        return self.walk_levels(("text", text_embeds, attention_mask), num_levels=num_levels)[0]
 
     def video_levels(
         self, video_embeds: torch.Tensor, video_mask: torch.Tensor, num_levels: int | None = None
     ) -> list[LevelTokens]:
         """The entity, action and event tokens (the first `num_levels` of them) of a batch of videos,
         merged together as one batch."""
-        return self._levels(video_embeds, video_mask, "video", num_levels)
+        return self.walk_levels(("video", video_embeds, video_mask), num_levels=num_levels)[0]
 
-    def _levels(self, tokens: torch.Tensor, mask: torch.Tensor, side: str, num_levels: int | None = None):
-        levels = []
+    def walk_levels(
+        self, *sides: tuple[str, torch.Tensor, torch.Tensor | None], num_levels: int | None = None
+    ) -> list[list[LevelTokens]]:
+        """The hierarchy: for each side `(kind, embeds, mask)`, kind "text" or "video", its entity,
+        action and event `LevelTokens` (the first `num_levels`). Each level is merged from the one
+        below; at each level the sides are merged in the order given, which fixes the order in
+        which the clustering draws its noise (see docs/token_merging.md)."""
+        current = [(embeds, mask) for _, embeds, mask in sides]
+        walks = [[] for _ in sides]
         for level in self.levels[:num_levels]:
-            merge = getattr(level, f"{side}_merge")
-            if merge is not None:
-                # Merged tokens are never padding: levels above the entity level are unmasked.
-                tokens, mask = merge(tokens, mask), None
-            weights = getattr(level, f"{side}_weight_head")(tokens, mask)
-            levels.append(LevelTokens(l2_normalize(tokens), weights, mask))
-        return levels
+            for index, (kind, _, _) in enumerate(sides):
+                tokens, mask = current[index]
+                merge = getattr(level, f"{kind}_merge")
+                if merge is not None:
+                    # Merged tokens are never padding: levels above the entity level are unmasked.
+                    tokens, mask = merge(tokens, mask), None
+                current[index] = (tokens, mask)
+                weights = getattr(level, f"{kind}_weight_head")(tokens, mask)
+                walks[index].append(LevelTokens(l2_normalize(tokens), weights, mask, tokens))
+        return walks
 
     def _grouped_levels(self, embeds, mask, side: str, group_size: int) -> list[LevelTokens]:
         groups = [
-            self._levels(embeds[start : start + group_size], mask[start : start + group_size], side)
+            self.walk_levels((side, embeds[start : start + group_size], mask[start : start + group_size]))[0]
             for start in range(0, embeds.shape[0], group_size)
         ]
         return [
@@ -441,7 +451,7 @@ class HBIModel(HBIPreTrainedModel):
         video_levels: list[LevelTokens],
         contrastive_targets: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The retrieval objective (spec section 5) over a batch of matched pairs, where text i
+        """The retrieval objective (docs/training.md) over a batch of matched pairs, where text i
         goes with video i (or with the target distribution `contrastive_targets`)."""
         scale = self.logit_scale.exp()
         terms = {}

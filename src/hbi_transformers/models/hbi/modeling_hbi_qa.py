@@ -1,10 +1,9 @@
-"""HBI for video question answering (spec section 7): the HBI retrieval model, trained with its own
+"""HBI for video question answering (docs/video_qa.md): the HBI retrieval body, trained with its own
 objective, plus one answer classifier per level of the hierarchy. Officially MSRVTT-QA, with CLIP
 ViT-B/16 and 1500 answers."""
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -13,10 +12,9 @@ from transformers import initialization as init
 from transformers.utils import ModelOutput
 
 from .configuration_hbi import LEVEL_NAMES, OUT_OF_VOCABULARY_LABEL, HBIConfig
-from .wti import LevelTokens, l2_normalize, weighted_token_interaction
 from .losses import gather_from_all_processes, kl_divergence, same_video_targets
-from .modeling_hbi import HBIModel, HBITextOutput, HBIVideoOutput
-from .token_merging import TokenClusterMerge
+from .modeling_hbi import HBIModel, HBIPreTrainedModel, HBITextOutput, HBIVideoOutput
+from .wti import LevelTokens, weighted_token_interaction
 
 
 @dataclass
@@ -25,7 +23,7 @@ class HBIVideoQuestionAnsweringOutput(ModelOutput):
 
     Args:
         loss (`torch.FloatTensor` of shape `()`, *optional*, returned with `labels`):
-            The QA objective of spec section 7 over the (global) batch.
+            The QA objective (docs/video_qa.md) over the (global) batch.
         logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
             Answer logits: the levels' logits weighted by `config.qa_level_weights`.
         level_logits (`tuple(torch.FloatTensor)`):
@@ -39,16 +37,6 @@ class HBIVideoQuestionAnsweringOutput(ModelOutput):
     logits: torch.FloatTensor | None = None
     level_logits: tuple[torch.FloatTensor, ...] | None = None
     loss_terms: dict[str, torch.Tensor] | None = None
-
-
-class LevelFeatures(NamedTuple):
-    """One level's question and frame tokens, not normalised, `[batch, tokens, D]`, with their masks
-    (None above the entity level: merged tokens are never padding)."""
-
-    text_tokens: torch.Tensor
-    text_mask: torch.Tensor | None
-    video_tokens: torch.Tensor
-    video_mask: torch.Tensor | None
 
 
 class TokenPooling(nn.Module):
@@ -85,9 +73,10 @@ class AnswerHead(nn.Module):
             OrderedDict(fc_in=nn.Linear(8 * dim, 16 * dim), activation=nn.ReLU(), fc_out=nn.Linear(16 * dim, num_labels))
         )
 
-    def forward(self, features: LevelFeatures) -> torch.Tensor:
-        video = self.video_projection(self.video_pooling(features.video_tokens, features.video_mask))
-        text = self.text_projection(self.text_pooling(features.text_tokens, features.text_mask))
+    def forward(self, text: LevelTokens, video: LevelTokens) -> torch.Tensor:
+        """One level's answer logits from its question and frame tokens before normalisation."""
+        video = self.video_projection(self.video_pooling(video.features, video.mask))
+        text = self.text_projection(self.text_pooling(text.features, text.mask))
         return self.classifier(self.dropout(torch.cat([video, text], dim=-1)))
 
 
@@ -99,12 +88,12 @@ def answer_cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Te
     return total / (labels != OUT_OF_VOCABULARY_LABEL).sum().clamp(min=1)
 
 
-class HBIForVideoQuestionAnswering(HBIModel):
-    """HBI for video question answering: [`HBIModel`] (CLIP towers, temporal module, hierarchy,
-    Banzhaf estimators, with the same parameter names, so that a retrieval checkpoint initialises
-    it and [`HBITrainer`] trains it unchanged) plus one [`AnswerHead`] per level, applied to that
-    level's question tokens and frame tokens (before normalisation). See spec section 7 and
-    [`video_qa_config`] for the official MSRVTT-QA settings; the answers are `config.id2label`.
+class HBIForVideoQuestionAnswering(HBIPreTrainedModel):
+    """HBI for video question answering: the retrieval body [`HBIModel`] (CLIP towers, temporal
+    module, hierarchy, Banzhaf estimators) under `hbi`, plus one [`AnswerHead`] per level, applied
+    to that level's question tokens and frame tokens (before normalisation). A retrieval
+    checkpoint initialises the body; see docs/video_qa.md and [`video_qa_config`] for the official
+    MSRVTT-QA settings; the answers are `config.id2label`.
 
     Example:
 
@@ -118,54 +107,56 @@ class HBIForVideoQuestionAnswering(HBIModel):
 
     def __init__(self, config: HBIConfig):
         super().__init__(config)
+        self.hbi = HBIModel(config)
         self.answer_heads = nn.ModuleList(
             AnswerHead(config.projection_dim, config.num_labels, config.qa_dropout) for _ in LEVEL_NAMES
         )
-        # HBIModel's post_init ran before the answer heads existed; this one initialises only them
-        # (transformers skips the modules it has initialised already).
         self.post_init()
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, TokenClusterMerge):
+        if module is self:
             # The official QA model creates its merge blocks before its init pass, which then draws
             # their score layer as every Linear; retrieval creates them after it (torch's default).
-            init.normal_(module.score.weight, std=self.config.initializer_range)
-            init.zeros_(module.score.bias)
+            for level in self.hbi.levels[1:]:
+                for merge in (level.text_merge.merge, level.video_merge.merge):
+                    init.normal_(merge.score.weight, std=self.config.initializer_range)
+                    init.zeros_(merge.score.bias)
 
-    def level_features(self, text_embeds, text_mask, video_embeds, video_mask) -> list[LevelFeatures]:
-        """The entity, action and event tokens of a batch of questions and videos: the inputs,
-        then each level merged from the one below. Questions and videos are merged level by level,
-        questions first, as officially, so that a seeded run draws the clustering noise in the
-        official order (it decides the merge of items with fewer valid tokens than
-        `cluster_num_neighbors`)."""
-        features = [LevelFeatures(text_embeds, text_mask, video_embeds, video_mask)]
-        for level in self.levels[1:]:
-            below = features[-1]
-            features.append(
-                LevelFeatures(
-                    level.text_merge(below.text_tokens, below.text_mask),
-                    None,
-                    level.video_merge(below.video_tokens, below.video_mask),
-                    None,
-                )
-            )
-        return features
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        # Loading replaces parameters with trainable ones; the teacher estimator stays frozen.
+        model.hbi.banzhaf_teacher.requires_grad_(False)
+        return loaded
 
-    def _level_tokens(self, features: list[LevelFeatures]) -> tuple[list[LevelTokens], list[LevelTokens]]:
-        """Level features made ready for matching, as `HBIModel.text_levels` / `video_levels`."""
-        text_levels, video_levels = [], []
-        for level, level_features in zip(self.levels, features):
-            text, text_mask, video, video_mask = level_features
-            text_levels.append(LevelTokens(l2_normalize(text), level.text_weight_head(text, text_mask), text_mask))
-            video_levels.append(LevelTokens(l2_normalize(video), level.video_weight_head(video, video_mask), video_mask))
-        return text_levels, video_levels
+    @classmethod
+    def from_clip_pretrained(cls, clip_name_or_path: str, **hbi_kwargs) -> "HBIForVideoQuestionAnswering":
+        """A fresh QA model whose body starts from a transformers CLIP checkpoint (see
+        [`HBIModel.from_clip_pretrained`]); the answer heads are freshly initialised."""
+        body = HBIModel.from_clip_pretrained(clip_name_or_path, **hbi_kwargs)
+        model = cls(body.config)
+        model.hbi.load_state_dict(body.state_dict())
+        return model
 
-    def _level_answer_logits(self, features: list[LevelFeatures]) -> list[torch.Tensor]:
-        return [head(level) for head, level in zip(self.answer_heads, features)]
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> HBITextOutput:
+        return self.hbi.get_text_features(input_ids, attention_mask)
+
+    def get_video_features(self, pixel_values_videos: torch.Tensor, video_mask: torch.Tensor | None = None) -> HBIVideoOutput:
+        return self.hbi.get_video_features(pixel_values_videos, video_mask)
+
+    def _answer_logits(self, text_levels: list[LevelTokens], video_levels: list[LevelTokens]) -> list[torch.Tensor]:
+        return [head(text, video) for head, text, video in zip(self.answer_heads, text_levels, video_levels)]
 
     def _weighted_logits(self, level_logits: list[torch.Tensor]) -> torch.Tensor:
         return sum(weight * logits for weight, logits in zip(self.config.qa_level_weights, level_logits))
+
+    def _walk(self, text_embeds, text_mask, video_embeds, video_mask) -> tuple[list[LevelTokens], list[LevelTokens]]:
+        # Questions and videos merged level by level, questions first, as officially, so that a
+        # seeded run draws the clustering noise in the official order.
+        text_levels, video_levels = self.hbi.walk_levels(("text", text_embeds, text_mask), ("video", video_embeds, video_mask))
+        return text_levels, video_levels
 
     def compute_answer_logits(
         self, text_outputs: HBITextOutput, video_outputs: HBIVideoOutput
@@ -173,10 +164,10 @@ class HBIForVideoQuestionAnswering(HBIModel):
         """Answer logits of question i about video i from `get_text_features` /
         `get_video_features` outputs, so that evaluation can encode each video once and repeat its
         embeddings for each of its questions."""
-        features = self.level_features(
+        text_levels, video_levels = self._walk(
             text_outputs.text_embeds, text_outputs.attention_mask, video_outputs.video_embeds, video_outputs.video_mask
         )
-        level_logits = self._level_answer_logits(features)
+        level_logits = self._answer_logits(text_levels, video_levels)
         return HBIVideoQuestionAnsweringOutput(logits=self._weighted_logits(level_logits), level_logits=tuple(level_logits))
 
     def forward(
@@ -225,12 +216,12 @@ class HBIForVideoQuestionAnswering(HBIModel):
             )
             if video_index is not None:
                 video_index = gather_from_all_processes(video_index)
-        features = self.level_features(text_embeds, text_mask, video_embeds, video_mask)
-        level_logits = self._level_answer_logits(features)
+        text_levels, video_levels = self._walk(text_embeds, text_mask, video_embeds, video_mask)
+        level_logits = self._answer_logits(text_levels, video_levels)
 
         loss = loss_terms = None
         if return_loss:
-            loss, loss_terms = self.video_qa_loss(level_logits, labels, features, video_index)
+            loss, loss_terms = self.video_qa_loss(level_logits, labels, text_levels, video_levels, video_index)
         return HBIVideoQuestionAnsweringOutput(
             loss=loss, logits=self._weighted_logits(level_logits), level_logits=tuple(level_logits), loss_terms=loss_terms
         )
@@ -239,21 +230,21 @@ class HBIForVideoQuestionAnswering(HBIModel):
         self,
         level_logits: list[torch.Tensor],
         labels: torch.Tensor,
-        features: list[LevelFeatures],
+        text_levels: list[LevelTokens],
+        video_levels: list[LevelTokens],
         video_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The QA objective (spec section 7) over a batch where question i is about video i:
-        half the retrieval objective of `hbi_loss` (per level InfoNCE + `banzhaf_kl_weight` x
-        Banzhaf KL, plus `distillation_kl_weight` x the similarity self-distillation, 0 in the
-        official QA settings), plus each level's answer cross-entropy, plus
-        `qa_distillation_kl_weight` x [KL(action, entity) + KL(event, entity)] on the answer
-        logits (`kl_divergence`: targets not detached, as officially)."""
-        text_levels, video_levels = self._level_tokens(features)
+        """The QA objective (docs/video_qa.md) over a batch where question i is about video i:
+        half the retrieval objective of `HBIModel.hbi_loss` (per level InfoNCE +
+        `banzhaf_kl_weight` x Banzhaf KL, plus `distillation_kl_weight` x the similarity
+        self-distillation, 0 in the official QA settings), plus each level's answer
+        cross-entropy, plus `qa_distillation_kl_weight` x [KL(action, entity) + KL(event, entity)]
+        on the answer logits (`kl_divergence`: targets not detached, as officially)."""
         level_similarities = [weighted_token_interaction(text, video) for text, video in zip(text_levels, video_levels)]
         targets = None
         if self.config.same_video_positives and video_index is not None:
             targets = same_video_targets(video_index)
-        retrieval_loss, terms = self.hbi_loss(level_similarities, text_levels, video_levels, targets)
+        retrieval_loss, terms = self.hbi.hbi_loss(level_similarities, text_levels, video_levels, targets)
 
         answer_losses = {
             f"answer_{name}": answer_cross_entropy(logits, labels) for name, logits in zip(LEVEL_NAMES, level_logits)
@@ -267,4 +258,3 @@ class HBIForVideoQuestionAnswering(HBIModel):
         terms.update({name: value.detach() for name, value in answer_losses.items()})
         terms["answer_distillation"] = answer_distillation.detach()
         return loss, terms
-

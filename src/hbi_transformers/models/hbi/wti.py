@@ -39,16 +39,21 @@ class LevelTokens:
 
     `tokens` are L2-normalised `[batch, tokens, D]`, `weights` their softmax importance
     `[batch, tokens]`, `mask` `[batch, tokens]` or None where the level is not masked (merged
-    action and event tokens are never padding).
+    action and event tokens are never padding). `features` are the tokens before normalisation
+    (what the question answering heads pool), where the level walk kept them.
     """
 
     tokens: torch.Tensor
     weights: torch.Tensor
     mask: torch.Tensor | None
+    features: torch.Tensor | None = None
 
     def __getitem__(self, index) -> "LevelTokens":
         return LevelTokens(
-            self.tokens[index], self.weights[index], None if self.mask is None else self.mask[index]
+            self.tokens[index],
+            self.weights[index],
+            None if self.mask is None else self.mask[index],
+            None if self.features is None else self.features[index],
         )
 
     def __len__(self) -> int:

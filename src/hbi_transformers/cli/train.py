@@ -1,0 +1,79 @@
+"""`hbi-train`: train HBI for text-video retrieval with the official recipe, then evaluate it.
+With no arguments at all it runs the offline demonstration (`hbi-demo`)."""
+
+import sys
+
+from transformers import HfArgumentParser
+from transformers.utils import logging
+
+from ..data import HBIDataCollator
+from ..hub.model_card import write_model_card
+from ..training import HBITrainer, HBITrainingArguments, format_metrics_table
+from . import demo
+from .arguments import TrainingCorpusArguments, TrainingModelArguments
+from .loading import load_corpus, load_model, write_metrics
+
+DESCRIPTION = (
+    "Train HBI for text-video retrieval with the official recipe (HBITrainer), then evaluate it on the "
+    "evaluation split and write the model, its processor, eval_results.json / .txt and a model card to "
+    "--output_dir. With no arguments at all, runs the offline demonstration (see hbi-demo --help)."
+)
+# Augmentation is official for MSR-VTT retrieval only; a generic corpus follows it.
+AUGMENTED_DATASETS = ("msrvtt", "generic")
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Runs the command; returns the evaluation metrics (the demonstration's summary with no
+    arguments)."""
+    if (sys.argv[1:] if argv is None else argv) == []:
+        return demo.run([])
+    parser = HfArgumentParser(
+        (TrainingModelArguments, TrainingCorpusArguments, HBITrainingArguments), prog="hbi-train", description=DESCRIPTION
+    )
+    model_args, corpus_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    logging.set_verbosity_info() if training_args.should_log else logging.set_verbosity_warning()
+
+    model = load_model(model_args.model_name_or_path, model_args.estimator, **model_args.config_overrides())
+    processor = corpus_args.processor(model_args, model.config.vision_config.image_size)
+    train_corpus = load_corpus(corpus_args.dataset, "train", corpus_args.train_annotations, corpus_args.annotations_dir,
+                               corpus_args.video_root, streaming=corpus_args.streaming)
+    eval_corpus = load_corpus(corpus_args.dataset, "eval", corpus_args.eval_annotations, corpus_args.annotations_dir,
+                              corpus_args.video_root)
+    if train_corpus is None:
+        raise ValueError("nothing to train on: give --train_annotations or an official --dataset")
+    augment = corpus_args.augment if corpus_args.augment is not None else corpus_args.dataset in AUGMENTED_DATASETS
+    trainer = HBITrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_corpus,
+        eval_dataset=eval_corpus,
+        data_collator=HBIDataCollator(processor, do_augment=augment, max_bad_fraction=corpus_args.max_bad_fraction),
+        processing_class=processor,
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model()
+    metrics = {}
+    if eval_corpus is not None:
+        metrics = trainer.evaluate()
+        if trainer.is_world_process_zero():
+            write_metrics(metrics, training_args.output_dir, "eval_results", format_metrics_table)
+    if trainer.is_world_process_zero():
+        write_model_card(
+            training_args.output_dir,
+            metrics or None,
+            base_model=model_args.model_name_or_path,
+            dataset_name=corpus_args.dataset if corpus_args.dataset != "generic" else corpus_args.eval_annotations,
+            max_frames=corpus_args.max_frames,
+            video_framerate=corpus_args.video_framerate,
+            image_size=model.config.vision_config.image_size,
+            max_words=corpus_args.max_words,
+        )
+    return metrics
+
+
+def main() -> None:
+    run()
+
+
+if __name__ == "__main__":
+    main()

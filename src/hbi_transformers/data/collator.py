@@ -1,0 +1,151 @@
+"""`HBIDataCollator`: batches of records for `HBIModel`, decoding each clip once and skipping (and
+counting) the videos that fail to decode."""
+
+import hashlib
+from collections.abc import Mapping
+
+import torch
+
+from ..models.hbi.video_io import VideoDecodingError
+from .bad_items import BadItem, BadItemCounter
+from .records import VideoClip, VideoTextRecord, as_record
+
+
+class EmptyBatchError(RuntimeError):
+    """Every video of a batch failed to decode. The failures are already counted and logged; a
+    training or evaluation loop catches this and moves on to the next batch (a DataLoader
+    iterator stays usable after it)."""
+
+
+def stable_video_index(clip_key: tuple) -> int:
+    """A 63-bit id of a clip that every process computes alike (Python's `hash` is salted per
+    process): the model gathers `video_index` across processes, so equal values must mean the
+    same clip there too. Collisions are 1 in 2**63 per pair."""
+    digest = hashlib.blake2b(repr(clip_key).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+class HBIDataCollator:
+    """Batches records for `HBIModel`: `input_ids`, `attention_mask`, `pixel_values_videos`,
+    `video_mask` (row i is record i's caption and video) and `video_index` (`[batch]` long, equal
+    for records of the same clip, in this batch and on every process: see `stable_video_index`).
+
+    Each distinct clip of a batch is decoded once, however many captions it has. A video that
+    fails to decode (`VideoDecodingError`: missing, empty, corrupt, truncated...) is logged with
+    its name, counted in `counter`, and its records are left out, so the batch shrinks instead of
+    the run crashing. Only when every video of a batch fails is `EmptyBatchError` raised, and
+    when the failed share passes `max_bad_fraction` (after `min_items` videos),
+    `TooManyBadVideosError`.
+
+    With DataLoader workers each worker collates with its own copy: its failures are logged and
+    its share limited there, and this object's `counter` only sees batches collated in this process.
+
+    Args:
+        processor ([`HBIProcessor`]): tokenizer and video processor.
+        do_augment (`bool`, defaults to `False`): the official training augmentation.
+        max_bad_fraction (`float`, defaults to 0.05): the largest tolerated share of bad videos.
+        min_items (`int`, defaults to 50): videos tried before the share is checked.
+        answer_labels (`Mapping[str, int]`, *optional*): for question answering, adds `labels`
+            (`[batch]` long), the answer's label or -1 for an answer outside it, as officially.
+        cache_videos (`bool`, defaults to `False`): keep every clip's processed frames in memory so
+            that later epochs do not decode it again (for small corpora; not with augmentation,
+            whose draws must change from epoch to epoch).
+        video_options: passed to the video processor on every call (e.g. `frame_sampling=
+            "per_second"` for ActivityNet / DiDeMo, `max_frames=64`).
+    """
+
+    def __init__(
+        self,
+        processor,
+        *,
+        do_augment: bool = False,
+        max_bad_fraction: float = 0.05,
+        min_items: int = 50,
+        answer_labels: Mapping[str, int] | None = None,
+        cache_videos: bool = False,
+        **video_options,
+    ):
+        if cache_videos and do_augment:
+            raise ValueError("cache_videos would freeze the augmentation of each clip: use one or the other")
+        self.processor = processor
+        self.video_cache = {} if cache_videos else None
+        self.do_augment = do_augment
+        self.answer_labels = answer_labels
+        self.video_options = video_options
+        self.counter = BadItemCounter(max_bad_fraction, min_items)
+
+    @property
+    def bad_items(self) -> list[BadItem]:
+        return self.counter.bad_items
+
+    @property
+    def seen_items(self) -> int:
+        return self.counter.seen_items
+
+    def __call__(self, items: list[VideoTextRecord | Mapping]) -> dict[str, torch.Tensor]:
+        records = [as_record(item) for item in items]
+        wanted = {record.clip_key: record for record in records}
+        clips = self._decode_clips(wanted)
+        records = [record for record in records if record.clip_key in clips]
+        if not records:
+            raise EmptyBatchError(f"all {len(wanted)} videos of the batch failed to decode ({self.counter.report()})")
+        text = self.processor(text=[record.caption for record in records], return_tensors="pt")
+        batch = {
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+            "pixel_values_videos": torch.cat([clips[record.clip_key]["pixel_values_videos"] for record in records]),
+            "video_mask": torch.cat([clips[record.clip_key]["video_mask"] for record in records]),
+            "video_index": torch.tensor([stable_video_index(record.clip_key) for record in records]),
+        }
+        if self.answer_labels is not None:
+            batch["labels"] = torch.tensor([self.answer_labels.get(record.answer, -1) for record in records])
+        return batch
+
+    def collate_videos(self, clips: list[VideoClip], return_metadata: bool = False) -> dict[str, torch.Tensor]:
+        """Videos only, for evaluation (e.g. batches of `unique_videos(records)`): the
+        `pixel_values_videos` and `video_mask` of the clips that decoded, and `clip_positions`, the
+        positions in `clips` they come from (failures are counted and skipped as in `__call__`).
+        With `return_metadata`, also `video_metadata`: each decoded clip's sampled `timestamps`
+        and the video's `duration` (seconds)."""
+        keys = [clip.clip_key for clip in clips]
+        decoded = self._decode_clips(dict(zip(keys, clips)))
+        positions = [position for position, key in enumerate(keys) if key in decoded]
+        if not positions:
+            raise EmptyBatchError(f"all {len(clips)} videos of the batch failed to decode ({self.counter.report()})")
+        batch = {
+            "pixel_values_videos": torch.cat([decoded[keys[p]]["pixel_values_videos"] for p in positions]),
+            "video_mask": torch.cat([decoded[keys[p]]["video_mask"] for p in positions]),
+            "clip_positions": torch.tensor(positions),
+        }
+        if return_metadata:
+            batch["video_metadata"] = [decoded[keys[p]]["video_metadata"][0] for p in positions]
+        return batch
+
+    def _decode_clips(self, clips: Mapping[tuple, VideoTextRecord | VideoClip]) -> dict[tuple, dict]:
+        """The processed tensors of each clip that decodes, by clip key; failures are counted."""
+        decoded = {}
+        for key, clip in clips.items():
+            if self.video_cache is not None and key in self.video_cache:
+                # A clip that failed once is left out again without being counted twice.
+                if self.video_cache[key] is not None:
+                    decoded[key] = self.video_cache[key]
+                continue
+            try:
+                decoded[key] = self.processor.video_processor(
+                    [clip.video],
+                    video_segments=[(clip.start, clip.end)],
+                    do_augment=self.do_augment,
+                    return_tensors="pt",
+                    return_metadata=True,
+                    **self.video_options,
+                )
+            except VideoDecodingError as error:
+                self.counter.record_failure(clip.name, error.reason)
+                if self.video_cache is not None:
+                    self.video_cache[key] = None
+            else:
+                self.counter.record_success()
+                if self.video_cache is not None:
+                    self.video_cache[key] = decoded[key]
+        self.counter.check()
+        return decoded

@@ -1,0 +1,153 @@
+import math
+
+import pytest
+import torch
+from conftest import make_batch, tiny_config
+
+from hbi_transformers import HBIModel
+from hbi_transformers.training.optimization import BertAdam, hbi_parameter_groups, warmup_cosine, warmup_cosine_schedule
+from hbi_transformers.training import HBITrainer, HBITrainingArguments
+
+
+class PairDataset(torch.utils.data.Dataset):
+    """Fixed random text-video pairs, one dict of tensors per item."""
+
+    def __init__(self, size=8, seed=0):
+        self.batch = make_batch(n_text=size, n_video=size, seed=seed)
+
+    def __len__(self):
+        return self.batch["input_ids"].shape[0]
+
+    def __getitem__(self, index):
+        return {key: value[index] for key, value in self.batch.items()}
+
+
+def test_parameter_groups_follow_the_official_rule():
+    model = HBIModel(tiny_config())
+    model.vision_model.embeddings.patch_embedding.requires_grad_(False)
+    model.banzhaf_teacher.requires_grad_(False)
+    groups = hbi_parameter_groups(model, learning_rate=1e-4, coef_lr=1e-3, weight_decay=0.2)
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_setting = {(g["lr"], g["weight_decay"]): {names[id(p)] for p in g["params"]} for g in groups}
+    clip_decay, clip_no_decay = by_setting[(1e-4 * 1e-3, 0.2)], by_setting[(1e-4 * 1e-3, 0.0)]
+    head_decay, head_no_decay = by_setting[(1e-4, 0.2)], by_setting[(1e-4, 0.0)]
+    assert "logit_scale" in clip_decay and "text_projection.weight" in clip_decay
+    assert "text_model.final_layer_norm.weight" in clip_decay  # LayerNorm weights are decayed officially
+    assert "text_model.final_layer_norm.bias" in clip_no_decay
+    assert "temporal.encoder.layers.0.mlp.fc1.weight" in head_decay  # officially `transformerClip`: full lr
+    assert "levels.0.banzhaf_student.query" in head_decay
+    assert "levels.1.text_merge.attention.query.bias" in head_no_decay
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert clip_decay | clip_no_decay | head_decay | head_no_decay == trainable
+    assert "vision_model.embeddings.patch_embedding.weight" not in trainable
+
+
+def test_bert_adam_matches_the_formula():
+    torch.manual_seed(0)
+    weights = [torch.randn(3, 4, requires_grad=True), torch.randn(5, requires_grad=True)]
+    reference = [w.detach().clone() for w in weights]
+    optimizer = BertAdam(weights, lr=0.1, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2, max_grad_norm=1.0)
+    moments = [(torch.zeros_like(w), torch.zeros_like(w)) for w in reference]
+    for step in range(3):
+        grads = [torch.randn_like(w) * (3.0 if step == 1 else 0.1) for w in weights]
+        for weight, grad in zip(weights, grads):
+            weight.grad = grad.clone()
+        optimizer.step()
+        for index, grad in enumerate(grads):
+            norm = grad.norm().item()
+            clipped = grad * min(1.0, 1.0 / (norm + 1e-6))
+            m, v = moments[index]
+            m = 0.9 * m + 0.1 * clipped
+            v = 0.98 * v + 0.02 * clipped * clipped
+            moments[index] = (m, v)
+            # No bias correction; weight decay inside the update.
+            reference[index] = reference[index] - 0.1 * (m / (v.sqrt() + 1e-6) + 0.2 * reference[index])
+    for weight, expected in zip(weights, reference):
+        torch.testing.assert_close(weight.detach(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine(0.0, 0.1) == 0.0
+    assert warmup_cosine(0.05, 0.1) == pytest.approx(0.5)
+    assert warmup_cosine(0.5, 0.1) == pytest.approx(0.5)
+    assert warmup_cosine(1.0, 0.1) == pytest.approx(0.0)
+    # Past the horizon the official cosine comes back up.
+    assert warmup_cosine(1.5, 0.1) == pytest.approx(0.5)
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=2.0)
+    scheduler = warmup_cosine_schedule(optimizer, total_steps=20, warmup=0.1)
+    rates = []
+    for _ in range(20):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == 0.0 and rates[1] == pytest.approx(1.0)
+    # The warm-up ends at step 2, where the cosine has already started.
+    assert rates[2] == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 0.1)))
+    assert rates[10] == pytest.approx(2.0 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def make_trainer(tmp_path, **overrides):
+    torch.manual_seed(0)
+    model = HBIModel(tiny_config(logit_scale_init_value=5.0))
+    settings = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=4,
+        num_train_epochs=4,
+        learning_rate=1e-3,
+        coef_lr=1.0,
+        logging_steps=2,
+        save_strategy="no",
+        report_to=[],
+        use_cpu=True,
+        seed=0,
+        data_seed=0,
+        disable_tqdm=True,
+    )
+    settings.update(overrides)
+    return HBITrainer(model=model, args=HBITrainingArguments(**settings), train_dataset=PairDataset())
+
+
+def test_training_learns_and_keeps_frozen_parts(tmp_path):
+    trainer = make_trainer(tmp_path)
+    model = trainer.model
+    patch_before = model.vision_model.embeddings.patch_embedding.weight.detach().clone()
+    teacher_before = {k: v.clone() for k, v in model.banzhaf_teacher.state_dict().items()}
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged[-1]["loss"] < logged[0]["loss"]
+    assert {"contrastive_entity", "banzhaf_event", "distillation", "logit_scale"} <= logged[0].keys()
+    # log(100) clamp: the scale started at 5 and lr 1e-3 steps alone cannot bring it down by 0.39.
+    assert 4.5 < model.logit_scale.item() <= math.log(100)
+    assert torch.equal(model.vision_model.embeddings.patch_embedding.weight, patch_before)
+    for key, value in model.banzhaf_teacher.state_dict().items():
+        assert torch.equal(value, teacher_before[key]), key
+    # The schedule's horizon is 5 epochs of 2 steps, whatever the 4 epochs trained.
+    assert trainer.lr_scheduler.lr_lambdas[0](10) == pytest.approx(0.0)
+
+
+def test_transformers_optimizer_choice(tmp_path):
+    trainer = make_trainer(tmp_path, hbi_optimizer="transformers", num_train_epochs=1)
+    trainer.train()
+    assert isinstance(trainer.optimizer.optimizer if hasattr(trainer.optimizer, "optimizer") else trainer.optimizer,
+                      torch.optim.AdamW)
+
+
+def test_gradient_accumulation_and_resume(tmp_path):
+    full = make_trainer(tmp_path / "full", per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                        num_train_epochs=2)
+    full.train()
+    interrupted = make_trainer(tmp_path / "part", per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                               num_train_epochs=2, save_strategy="steps", save_steps=2)
+    interrupted.train()
+    resumed = make_trainer(tmp_path / "part", per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                           num_train_epochs=2)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "out" / "checkpoint-2"))
+    for (name, expected), (_, got) in zip(full.model.state_dict().items(), resumed.model.state_dict().items()):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_bf16_autocast_trains(tmp_path):
+    trainer = make_trainer(tmp_path, bf16=True, num_train_epochs=1)
+    trainer.train()
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+    assert trainer.model.text_projection.weight.dtype == torch.float32  # autocast, fp32 master weights
