@@ -483,10 +483,11 @@ class HBIModel(HBIPreTrainedModel):
     # ----------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # with output_loading_info
         # Loading replaces parameters with trainable ones; the teacher estimator stays frozen.
         model.banzhaf_teacher.requires_grad_(False)
-        return model
+        return loaded
 
     @classmethod
     def from_clip_pretrained(cls, clip_name_or_path: str, **hbi_kwargs) -> "HBIModel":

@@ -126,7 +126,7 @@ class HBIForVideoQuestionAnswering(HBIPreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         loaded = super().from_pretrained(*args, **kwargs)
-        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # with output_loading_info
         # Loading replaces parameters with trainable ones; the teacher estimator stays frozen.
         model.hbi.banzhaf_teacher.requires_grad_(False)
         return loaded
