@@ -12,7 +12,7 @@ import torch
 from conftest import make_batch, textured_frames, tiny_clip_tokenizer, tiny_config, write_mp4
 
 from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor
-from hbi_transformers.models.hbi import processing_hbi
+from hbi_transformers.models.hbi import video_processing_hbi
 from hbi_transformers.models.hbi.wti import weighted_token_interaction
 from hbi_transformers.models.hbi.modeling_hbi import HBITextOutput, HBIVideoOutput
 from hbi_transformers.apps.search import (
@@ -22,12 +22,12 @@ from hbi_transformers.apps.search import (
     best_matching_frames,
     build_index,
     index_from_features,
-    index_main,
     search,
     search_by_text_features,
-    search_main,
     search_results_to_json,
 )
+from hbi_transformers.cli import index as index_command
+from hbi_transformers.cli import search as search_command
 
 QUERIES = ["red cat", "blue dog", "a cat and a dog"]
 
@@ -65,15 +65,15 @@ def video_folder(tmp_path):
 
 @pytest.fixture
 def count_decodes(monkeypatch):
-    """The file names `read_video` is called on, through the processor."""
+    """The file names `read_video` is called on, through the video processor."""
     decoded = []
-    original = processing_hbi.read_video
+    original = video_processing_hbi.read_video
 
     def counting_read_video(source, **kwargs):
         decoded.append(os.path.basename(source))
         return original(source, **kwargs)
 
-    monkeypatch.setattr(processing_hbi, "read_video", counting_read_video)
+    monkeypatch.setattr(video_processing_hbi, "read_video", counting_read_video)
     return decoded
 
 
@@ -294,13 +294,13 @@ def test_command_lines(model, processor, video_folder, tmp_path, capsys):
     model.save_pretrained(model_dir)
     processor.save_pretrained(model_dir)
     index_dir = tmp_path / "index"
-    report = index_main([str(video_folder), "--model", str(model_dir), "--output", str(index_dir), "--batch-size", "2",
-                         "--device", "cpu"])
+    report = index_command.run([str(video_folder), "--model", str(model_dir), "--output", str(index_dir), "--batch-size",
+                               "2", "--device", "cpu"])
     assert report.num_entries == 5
     assert "5 entries from 5 files" in capsys.readouterr().out
 
     # The model defaults to the one the index names.
-    results = search_main([str(index_dir), *QUERIES[:2], "--top-k", "3", "--json", "--device", "cpu"])
+    results = search_command.run([str(index_dir), *QUERIES[:2], "--top-k", "3", "--json", "--device", "cpu"])
     printed = json.loads(capsys.readouterr().out)
     assert printed == search_results_to_json(QUERIES[:2], results)
     assert [entry["query"] for entry in printed] == QUERIES[:2]
@@ -311,7 +311,7 @@ def test_command_lines(model, processor, video_folder, tmp_path, capsys):
     }
     assert printed == search_results_to_json(QUERIES[:2], search(index_dir, QUERIES[:2], model, processor, top_k=3))
 
-    search_main([str(index_dir), QUERIES[0], "--top-k", "2", "--candidates", "4", "--device", "cpu"])
+    search_command.run([str(index_dir), QUERIES[0], "--top-k", "2", "--candidates", "4", "--device", "cpu"])
     table = capsys.readouterr().out
     lines = table.splitlines()
     assert lines[0] == f"query: {QUERIES[0]}" and lines[1].split() == ["rank", "score", "file", "window"]
