@@ -90,6 +90,23 @@ def tiny_clip_tokenizer(directory):
     return build_clip_tokenizer(bpe, num_merges=len(TINY_MERGES))
 
 
+def tiny_processor(directory, max_frames=6, video_framerate=4):
+    """An HBIProcessor for 32-pixel frames over the tiny CLIP tokenizer (its files in `directory`),
+    and the text config of a tiny model that reads its ids."""
+    from hbi_transformers import HBIProcessor, HBIVideoProcessor
+
+    tokenizer = tiny_clip_tokenizer(directory)
+    processor = HBIProcessor(
+        HBIVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, max_frames=max_frames,
+                          video_framerate=video_framerate),
+        tokenizer,
+        max_words=8,
+    )
+    text_config = dict(TEXT_CONFIG, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id)
+    return processor, text_config
+
+
 def textured_frames(num_frames, height=48, width=80, seed=0):
     """Smooth colour gradients (which compression keeps) that shift from frame to frame."""
     y, x = np.mgrid[0:height, 0:width]

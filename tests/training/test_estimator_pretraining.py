@@ -1,9 +1,9 @@
 import json
 
 import torch
-from conftest import TEXT_CONFIG, textured_frames, tiny_clip_tokenizer, tiny_config, write_mp4
+from conftest import textured_frames, tiny_config, tiny_processor, write_mp4
 
-from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor
+from hbi_transformers import HBIModel
 from hbi_transformers.data import HBIDataCollator, VideoTextRecord
 from hbi_transformers.models.hbi.banzhaf_estimator import BanzhafEstimator
 from hbi_transformers.training.banzhaf_labels import exact_banzhaf_interaction, monte_carlo_banzhaf_interaction
@@ -19,22 +19,14 @@ from hbi_transformers.training.estimator_pretraining import (
 
 def label_corpus(tmp_path):
     """3 clips with 3 captions each, and a corrupt clip with one caption in the middle."""
-    tokenizer = tiny_clip_tokenizer(tmp_path)
-    processor = HBIProcessor(
-        HBIVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, max_frames=6,
-                          video_framerate=4),
-        tokenizer,
-        max_words=8,
-    )
+    processor, text_config = tiny_processor(tmp_path)
     records = []
     for clip in range(3):
         path = write_mp4(tmp_path / f"clip{clip}.mp4", textured_frames(12, 32, 32, seed=clip), fps=8)
         records += [VideoTextRecord(str(path), caption, f"clip{clip}") for caption in ("a cat", "dog", "cat dog")]
     (tmp_path / "corrupt.mp4").write_bytes(b"garbage" * 32)
     records.insert(4, VideoTextRecord(str(tmp_path / "corrupt.mp4"), "a cat", "corrupt"))
-    config = tiny_config(text_config=dict(TEXT_CONFIG, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                                          eos_token_id=tokenizer.eos_token_id))
-    return processor, records, config
+    return processor, records, tiny_config(text_config=text_config)
 
 
 def test_label_cache_round_trip(tmp_path):

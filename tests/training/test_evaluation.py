@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import TEXT_CONFIG, textured_frames, tiny_clip_tokenizer, tiny_config, write_mp4
+from conftest import textured_frames, tiny_config, tiny_processor, write_mp4
 
-from hbi_transformers import HBIForVideoQuestionAnswering, HBIModel, HBIProcessor, HBIVideoProcessor
+from hbi_transformers import HBIForVideoQuestionAnswering, HBIModel
 from hbi_transformers.data import HBIDataCollator, VideoTextRecord
 from hbi_transformers.models.hbi.configuration_hbi import video_qa_config
 from hbi_transformers.training import encode_corpus, evaluate_retrieval, evaluate_video_qa
@@ -32,21 +32,13 @@ def write_clips(root):
 def make_corpus(root, scratch):
     """The 5 clips of `root` (one corrupt) with 2 captions each, as records whose answer is one of
     ANSWERS; the tokenizer's files go to `scratch`."""
-    tokenizer = tiny_clip_tokenizer(scratch)
-    processor = HBIProcessor(
-        HBIVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, max_frames=6,
-                          video_framerate=4),
-        tokenizer,
-        max_words=8,
-    )
+    processor, text_config = tiny_processor(scratch)
     records = []
     for clip in range(5):
         path = root / f"clip{clip}.mp4"
         for offset in range(2):
             caption = CAPTIONS[(clip + offset) % len(CAPTIONS)]
             records.append(VideoTextRecord(str(path), caption, f"clip{clip}", answer=ANSWERS[(clip + offset) % 3]))
-    text_config = dict(TEXT_CONFIG, vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
-                       eos_token_id=tokenizer.eos_token_id)
     return processor, records, text_config
 
 
