@@ -329,3 +329,13 @@ def test_command_line_trains_then_evaluates(qa_corpus, tmp_path, caplog):
 
     evaluated = train_qa_command(["--model_name_or_path", str(output_dir), "--output_dir", str(tmp_path / "eval"), *common])
     assert evaluated["accuracy"] == pytest.approx(metrics["accuracy"])
+
+
+def test_merge_scores_are_initialised_as_officially():
+    """The official QA model draws its merge blocks' score layers as every Linear: N(0, 0.02), bias 0."""
+    torch.manual_seed(0)
+    qa = HBIForVideoQuestionAnswering(qa_config())
+    scores = [getattr(level, side).merge.score for level in qa.hbi.levels[1:] for side in ("text_merge", "video_merge")]
+    assert not any(score.bias.any() for score in scores)
+    weights = torch.cat([score.weight.flatten() for score in scores])
+    assert weights.abs().max() < 4 * 0.02 and weights.std().item() == pytest.approx(0.02, rel=0.35)
