@@ -75,7 +75,7 @@ def test_train_resume_and_evaluate(corpus, tmp_path):
     trainer.train()
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 6 and sum(losses[-2:]) < sum(losses[:2])
-    bad = {item.name.rsplit("/", 1)[-1] for item in trainer.data_collator.bad_items}
+    bad = {item.name.rsplit("/", 1)[-1] for item in trainer.video_counter.bad_items}
     assert bad == {"corrupt.mp4", "missing.mp4"}
 
     interrupted = make_trainer(corpus, tmp_path / "part", save_strategy="steps", save_steps=3)

@@ -16,11 +16,11 @@ from hbi_transformers.models.hbi import video_processing_hbi
 from conftest import tiny_clip_tokenizer
 from hbi_transformers.data import (
     BadItemCounter,
-    EmptyBatchError,
     HBIDataCollator,
     TooManyBadVideosError,
     VideoClip,
     VideoTextRecord,
+    is_empty_batch,
     iter_annotations,
     iter_webdataset,
     load_video_text_dataset,
@@ -305,7 +305,9 @@ def test_collator_batch(video_root, processor, monkeypatch):
         record(video_root, "video0", "cat", start=1, end=2),  # another clip of the same file
     ]
     batch = HBIDataCollator(processor)(records)
+    report = batch.pop("video_report")
     assert set(batch) == {"input_ids", "attention_mask", "pixel_values_videos", "video_mask", "video_index"}
+    assert len(report.tried) == 3 and report.failed == []
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (4, 8)
     assert batch["pixel_values_videos"].shape == (4, MAX_FRAMES, 3, SIZE, SIZE)
     # 2 s and 3 s at one frame per second; of the segment [1, 2] s, frame 16 is past the end.
@@ -325,7 +327,10 @@ def test_video_cache_decodes_each_clip_once(video_root, processor, monkeypatch, 
     collator = HBIDataCollator(processor, cache_videos=True, min_items=1, max_bad_fraction=0.5)
     first, second = collator(records), collator(list(reversed(records)))
     assert len(calls) == 3  # two good clips and the missing one, each tried once
-    assert collator.counter.seen_items == 3 and len(collator.bad_items) == 1
+    counter = BadItemCounter()
+    for batch in (first, second):
+        counter.merge(batch["video_report"])
+    assert counter.seen_items == 3 and len(counter.bad_items) == 1
     torch.testing.assert_close(first["pixel_values_videos"], second["pixel_values_videos"].flip(0))
     with pytest.raises(ValueError, match="cache_videos"):
         HBIDataCollator(processor, cache_videos=True, do_augment=True)
@@ -352,51 +357,57 @@ def test_collator_skips_and_counts_bad_videos(video_root, processor, tmp_path, c
         VideoTextRecord(video=str(tmp_path / "missing.mp4"), caption="dog", video_id="missing"),
         record(video_root, "video1", "a dog"),
     ]
-    with caplog.at_level(logging.WARNING):
-        batch = collator(records)
+    batch = collator(records)
     assert batch["input_ids"].shape[0] == batch["pixel_values_videos"].shape[0] == 2
     assert batch["video_mask"].sum(dim=1).tolist() == [2, 1]
+    counter = BadItemCounter()
+    with caplog.at_level(logging.WARNING):
+        counter.merge(batch["video_report"])
+        counter.merge(batch["video_report"])  # the same clips tried again count once
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and "corrupt.mp4" in warnings[0] and "missing.mp4" in warnings[1]
-    assert collator.seen_items == 4
-    assert [item.name for item in collator.bad_items] == [str(corrupt), str(tmp_path / "missing.mp4")]
-    assert collator.bad_items[1].reason == "no such file"
-    assert collator.counter.report().startswith(f"2 of 4 videos skipped: {corrupt} (")
+    assert counter.seen_items == 4
+    assert [item.name for item in counter.bad_items] == [str(corrupt), str(tmp_path / "missing.mp4")]
+    assert counter.bad_items[1].reason == "no such file"
+    assert counter.report().startswith(f"2 of 4 videos skipped: {corrupt} (")
 
-    with pytest.raises(EmptyBatchError, match="all 1 videos"):
-        collator(records[2:3])
+    # A batch whose every video fails is no exception: it holds only its report.
+    empty = collator(records[2:3])
+    assert is_empty_batch(empty) and [name for _, name, _ in empty["video_report"].failed] == [records[2].video]
 
 
 def test_bad_share_limit(video_root, processor, tmp_path):
-    missing = VideoTextRecord(video=str(tmp_path / "gone.mp4"), caption="cat", video_id="gone")
-    good = record(video_root, "video1", "cat")
-    collator = HBIDataCollator(processor, max_bad_fraction=0.25, min_items=4)
-    collator([missing, good])  # 1 of 2 bad: over the share, but too few videos to judge
-    collator([good])
+    def missing(name):
+        return VideoTextRecord(video=str(tmp_path / f"{name}.mp4"), caption="cat", video_id=name)
+
+    collator = HBIDataCollator(processor)
+    counter = BadItemCounter(max_bad_fraction=0.25, min_items=4)
+    counter.merge(collator([missing("gone"), record(video_root, "video1", "cat")])["video_report"])
+    counter.check()  # 1 of 2 bad: over the share, but too few videos to judge
+    counter.merge(collator([record(video_root, "video0", "cat"), missing("gone")])["video_report"])
+    counter.check()  # 1 of 3: the same bad clip tried again counts once
+    counter.merge(collator([missing("lost"), record(video_root, "video2", "cat")])["video_report"])
     with pytest.raises(TooManyBadVideosError, match=r"2 of 5 videos skipped.*40\.0%.*max_bad_fraction=25\.0%"):
-        collator([missing, good])
+        counter.check()
 
 
 def test_counter_report_lists_a_few():
     counter = BadItemCounter()
     assert counter.report() == "0 of 0 videos skipped"
     for index in range(3):
-        counter.record_failure(f"v{index}.mp4", "no such file")
-    counter.record_success()
+        counter.record_failure(index, f"v{index}.mp4", "no such file")
+    counter.record_success(3)
     expected = "3 of 4 videos skipped: v0.mp4 (no such file), v1.mp4 (no such file) and 1 more"
     assert counter.report(max_listed=2) == expected
 
 
-def batch_sizes(loader):
-    """Sizes of a loader's batches, 0 where every video failed: the iteration goes on after it."""
-    batches, sizes = iter(loader), []
-    while True:
-        try:
-            sizes.append(next(batches)["input_ids"].shape[0])
-        except EmptyBatchError:
-            sizes.append(0)
-        except StopIteration:
-            return sizes
+def batch_sizes(loader, counter):
+    """Sizes of a loader's batches, 0 where every video failed, with their reports counted."""
+    sizes = []
+    for batch in loader:
+        counter.merge(batch["video_report"])
+        sizes.append(0 if is_empty_batch(batch) else batch["input_ids"].shape[0])
+    return sizes
 
 
 def test_dataloader_on_streamed_dataset(video_root, processor, tmp_path):
@@ -410,12 +421,15 @@ def test_dataloader_on_streamed_dataset(video_root, processor, tmp_path):
             {"video_id": "video1", "caption": "cat", "start": 0, "end": 1},
         ],
     )
-    dataset = load_video_text_dataset(jsonl, video_root=video_root, streaming=True)
-    collator = HBIDataCollator(processor, max_bad_fraction=0.5, min_items=1)
-    loader = DataLoader(dataset, batch_size=2, collate_fn=collator, num_workers=0)
-    # The third batch holds the two captions of "gone" only.
-    assert batch_sizes(loader) == [2, 1, 0, 1]
-    assert collator.counter.report().startswith("2 of 5 videos skipped")
+    collator = HBIDataCollator(processor)
+    for streaming, workers in ((True, 0), (False, 2)):
+        dataset = load_video_text_dataset(jsonl, video_root=video_root, streaming=streaming)
+        loader = DataLoader(dataset, batch_size=2, collate_fn=collator, num_workers=workers)
+        counter = BadItemCounter()
+        # The third batch holds the two captions of "gone" only; the iteration goes on after it.
+        assert batch_sizes(loader, counter) == [2, 1, 0, 1], (streaming, workers)
+        # Failures in worker processes reach the counter of this one, each clip once.
+        assert counter.report().startswith("2 of 5 videos skipped"), (streaming, workers)
 
 
 def test_evaluation_helpers(video_root):

@@ -3,9 +3,9 @@ layouts), the collator with bad-video accounting, the synthetic corpus and the o
 tokenizer builder. Builds on `hbi_transformers.models` only."""
 
 from .annotations import annotation_rows, iter_annotations
-from .bad_items import BadItem, BadItemCounter, TooManyBadVideosError
+from .bad_items import BadItem, BadItemCounter, TooManyBadVideosError, VideoReport
 from .clip_vocabulary import build_clip_tokenizer, clip_vocabulary, download_open_clip_bpe, extract_bpe_from_wheel
-from .collator import EmptyBatchError, HBIDataCollator, stable_video_index
+from .collator import VIDEO_REPORT_KEY, EmptyBatchError, HBIDataCollator, is_empty_batch, stable_video_index
 from .loading import load_video_text_dataset
 from .official import read_activitynet, read_didemo, read_msrvtt, read_msrvtt_qa
 from .records import VIDEO_EXTENSIONS, VideoClip, VideoTextRecord, as_record, text_to_video_index, unique_videos
@@ -14,12 +14,14 @@ from .webdataset import iter_webdataset
 
 __all__ = [
     "VIDEO_EXTENSIONS",
+    "VIDEO_REPORT_KEY",
     "BadItem",
     "BadItemCounter",
     "EmptyBatchError",
     "HBIDataCollator",
     "TooManyBadVideosError",
     "VideoClip",
+    "VideoReport",
     "VideoTextRecord",
     "annotation_rows",
     "as_record",
@@ -27,6 +29,7 @@ __all__ = [
     "clip_vocabulary",
     "download_open_clip_bpe",
     "extract_bpe_from_wheel",
+    "is_empty_batch",
     "iter_annotations",
     "iter_webdataset",
     "load_video_text_dataset",

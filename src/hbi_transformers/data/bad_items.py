@@ -1,6 +1,8 @@
-"""Bad-video accounting: which videos failed to decode and why, and the limit on their share."""
+"""Bad-video accounting: which clips were tried, which failed to decode and why, and the limit on
+their share. Each clip counts once per run however often it is tried (every epoch, in every
+DataLoader worker, on every process): a counter merges the `VideoReport` each batch carries."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from transformers.utils import logging
 
@@ -17,10 +19,19 @@ class BadItem:
     reason: str
 
 
-class BadItemCounter:
-    """How many videos were tried and which failed, with the limit on the failed share.
+@dataclass
+class VideoReport:
+    """What one batch tried: the ids of its clips (see `stable_video_index`) and, for the clips
+    that failed, `(id, name, reason)`."""
 
-    The limit is only checked once `min_items` videos were tried, so that a bad file early in a
+    tried: list[int] = field(default_factory=list)
+    failed: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+class BadItemCounter:
+    """How many distinct clips were tried and which failed, with the limit on the failed share.
+
+    The limit is only checked once `min_items` clips were tried, so that a bad file early in a
     long run does not stop it: 1 failure in the first 3 videos is not a corpus problem.
     """
 
@@ -29,20 +40,43 @@ class BadItemCounter:
             raise ValueError(f"max_bad_fraction must be within [0, 1], got {max_bad_fraction}")
         self.max_bad_fraction = max_bad_fraction
         self.min_items = min_items
-        self.seen_items = 0
-        self.bad_items: list[BadItem] = []
+        self._tried: set[int] = set()
+        self._bad: dict[int, BadItem] = {}
 
-    def record_success(self) -> None:
-        self.seen_items += 1
+    @property
+    def seen_items(self) -> int:
+        return len(self._tried)
 
-    def record_failure(self, name: str, reason: str) -> None:
-        self.seen_items += 1
-        self.bad_items.append(BadItem(name, reason))
-        logger.warning(f"skipping video {name}: {reason} ({len(self.bad_items)} of {self.seen_items} skipped so far)")
+    @property
+    def bad_items(self) -> list[BadItem]:
+        return list(self._bad.values())
+
+    def record_success(self, clip_id: int) -> None:
+        self._tried.add(clip_id)
+
+    def record_failure(self, clip_id: int, name: str, reason: str) -> None:
+        self._tried.add(clip_id)
+        if clip_id not in self._bad:
+            self._bad[clip_id] = BadItem(name, reason)
+            logger.warning(f"skipping video {name}: {reason} ({len(self._bad)} of {self.seen_items} skipped so far)")
+
+    def merge(self, report: VideoReport) -> None:
+        """Counts what a batch collated elsewhere (a DataLoader worker, another process) tried."""
+        self._tried.update(report.tried)
+        for clip_id, name, reason in report.failed:
+            self.record_failure(clip_id, name, reason)
+
+    def state_dict(self) -> dict:
+        """What a checkpoint keeps, so that a resumed run counts on from where it stopped."""
+        return {"tried": sorted(self._tried), "bad": [[clip_id, item.name, item.reason] for clip_id, item in self._bad.items()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._tried = set(state["tried"])
+        self._bad = {clip_id: BadItem(name, reason) for clip_id, name, reason in state["bad"]}
 
     @property
     def bad_fraction(self) -> float:
-        return len(self.bad_items) / self.seen_items if self.seen_items else 0.0
+        return len(self._bad) / self.seen_items if self.seen_items else 0.0
 
     def check(self) -> None:
         """Raise `TooManyBadVideosError` when the failed share is over the limit."""
@@ -55,9 +89,10 @@ class BadItemCounter:
     def report(self, max_listed: int = 10) -> str:
         """One line for the end of training or evaluation, e.g.
         "3 of 1200 videos skipped: a.mp4 (no such file), ..."."""
-        summary = f"{len(self.bad_items)} of {self.seen_items} videos skipped"
-        if not self.bad_items:
+        bad_items = self.bad_items
+        summary = f"{len(bad_items)} of {self.seen_items} videos skipped"
+        if not bad_items:
             return summary
-        listed = ", ".join(f"{item.name} ({item.reason})" for item in self.bad_items[:max_listed])
-        more = len(self.bad_items) - max_listed
+        listed = ", ".join(f"{item.name} ({item.reason})" for item in bad_items[:max_listed])
+        more = len(bad_items) - max_listed
         return f"{summary}: {listed}" + (f" and {more} more" if more > 0 else "")

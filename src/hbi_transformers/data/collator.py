@@ -7,14 +7,23 @@ from collections.abc import Mapping
 import torch
 
 from ..models.hbi.video_io import VideoDecodingError
-from .bad_items import BadItem, BadItemCounter
+from .bad_items import BadItem, BadItemCounter, VideoReport
 from .records import VideoClip, VideoTextRecord, as_record
+
+# Every batch carries what it tried under this key, so that the process that trains counts the
+# failures of every DataLoader worker (whose collator is a copy) once.
+VIDEO_REPORT_KEY = "video_report"
 
 
 class EmptyBatchError(RuntimeError):
-    """Every video of a batch failed to decode. The failures are already counted and logged; a
-    training or evaluation loop catches this and moves on to the next batch (a DataLoader
-    iterator stays usable after it)."""
+    """Every video of an evaluation batch (`collate_videos`) failed to decode. The failures are
+    already counted and logged; the evaluation loop moves on to the next batch."""
+
+
+def is_empty_batch(batch: Mapping) -> bool:
+    """Whether a training batch lost every pair to bad videos: it then holds no model input, only
+    its report, and the training step skips it."""
+    return "input_ids" not in batch
 
 
 def stable_video_index(clip_key: tuple) -> int:
@@ -32,13 +41,13 @@ class HBIDataCollator:
 
     Each distinct clip of a batch is decoded once, however many captions it has. A video that
     fails to decode (`VideoDecodingError`: missing, empty, corrupt, truncated...) is logged with
-    its name, counted in `counter`, and its records are left out, so the batch shrinks instead of
-    the run crashing. Only when every video of a batch fails is `EmptyBatchError` raised, and
-    when the failed share passes `max_bad_fraction` (after `min_items` videos),
-    `TooManyBadVideosError`.
-
-    With DataLoader workers each worker collates with its own copy: its failures are logged and
-    its share limited there, and this object's `counter` only sees batches collated in this process.
+    its name and its records are left out, so the batch shrinks instead of the run crashing. No
+    exception leaves `__call__`: a batch whose every video fails holds only its report
+    (`is_empty_batch`), and every batch carries a `VideoReport` under `VIDEO_REPORT_KEY` (the
+    clips it tried and those that failed), from which the trainer counts each clip once per run
+    across DataLoader workers and processes and enforces `max_bad_fraction` (after `min_items`
+    clips) on the whole run. `collate_videos` (evaluation, in the calling process) counts in
+    `counter` and enforces the limit itself.
 
     Args:
         processor ([`HBIProcessor`]): tokenizer and video processor.
@@ -82,13 +91,18 @@ class HBIDataCollator:
     def seen_items(self) -> int:
         return self.counter.seen_items
 
-    def __call__(self, items: list[VideoTextRecord | Mapping]) -> dict[str, torch.Tensor]:
+    def __call__(self, items: list[VideoTextRecord | Mapping]) -> dict:
         records = [as_record(item) for item in items]
         wanted = {record.clip_key: record for record in records}
-        clips = self._decode_clips(wanted)
+        clips, failures = self._decode_clips(wanted)
+        report = VideoReport(
+            tried=[stable_video_index(key) for key in wanted],
+            failed=[(stable_video_index(key), wanted[key].name, reason) for key, reason in failures.items()],
+        )
         records = [record for record in records if record.clip_key in clips]
         if not records:
-            raise EmptyBatchError(f"all {len(wanted)} videos of the batch failed to decode ({self.counter.report()})")
+            # A tensor first: data loaders find a batch's size from its first entry.
+            return {"num_pairs": torch.zeros(0, dtype=torch.long), VIDEO_REPORT_KEY: report}
         text = self.processor(text=[record.caption for record in records], return_tensors="pt")
         batch = {
             "input_ids": text["input_ids"],
@@ -96,6 +110,7 @@ class HBIDataCollator:
             "pixel_values_videos": torch.cat([clips[record.clip_key]["pixel_values_videos"] for record in records]),
             "video_mask": torch.cat([clips[record.clip_key]["video_mask"] for record in records]),
             "video_index": torch.tensor([stable_video_index(record.clip_key) for record in records]),
+            VIDEO_REPORT_KEY: report,
         }
         if self.answer_labels is not None:
             batch["labels"] = torch.tensor([self.answer_labels.get(record.answer, -1) for record in records])
@@ -104,11 +119,12 @@ class HBIDataCollator:
     def collate_videos(self, clips: list[VideoClip], return_metadata: bool = False) -> dict[str, torch.Tensor]:
         """Videos only, for evaluation (e.g. batches of `unique_videos(records)`): the
         `pixel_values_videos` and `video_mask` of the clips that decoded, and `clip_positions`, the
-        positions in `clips` they come from (failures are counted and skipped as in `__call__`).
-        With `return_metadata`, also `video_metadata`: each decoded clip's sampled `timestamps`
-        and the video's `duration` (seconds)."""
+        positions in `clips` they come from. Failures are counted in `counter`, which enforces
+        `max_bad_fraction`; `EmptyBatchError` when every clip fails. With `return_metadata`, also
+        `video_metadata`: each decoded clip's sampled `timestamps` and the video's `duration`
+        (seconds)."""
         keys = [clip.clip_key for clip in clips]
-        decoded = self._decode_clips(dict(zip(keys, clips)))
+        decoded, _ = self._decode_clips(dict(zip(keys, clips)), count=True)
         positions = [position for position, key in enumerate(keys) if key in decoded]
         if not positions:
             raise EmptyBatchError(f"all {len(clips)} videos of the batch failed to decode ({self.counter.report()})")
@@ -121,14 +137,19 @@ class HBIDataCollator:
             batch["video_metadata"] = [decoded[keys[p]]["video_metadata"][0] for p in positions]
         return batch
 
-    def _decode_clips(self, clips: Mapping[tuple, VideoTextRecord | VideoClip]) -> dict[tuple, dict]:
-        """The processed tensors of each clip that decodes, by clip key; failures are counted."""
-        decoded = {}
+    def _decode_clips(
+        self, clips: Mapping[tuple, VideoTextRecord | VideoClip], count: bool = False
+    ) -> tuple[dict[tuple, dict], dict[tuple, str]]:
+        """The processed tensors of each clip that decodes and the reason each other one failed,
+        by clip key; with `count`, both are counted in `counter` and its limit enforced."""
+        decoded, failures = {}, {}
         for key, clip in clips.items():
             if self.video_cache is not None and key in self.video_cache:
-                # A clip that failed once is left out again without being counted twice.
-                if self.video_cache[key] is not None:
-                    decoded[key] = self.video_cache[key]
+                cached = self.video_cache[key]
+                if isinstance(cached, str):
+                    failures[key] = cached
+                else:
+                    decoded[key] = cached
                 continue
             try:
                 decoded[key] = self.processor.video_processor(
@@ -140,12 +161,15 @@ class HBIDataCollator:
                     **self.video_options,
                 )
             except VideoDecodingError as error:
-                self.counter.record_failure(clip.name, error.reason)
-                if self.video_cache is not None:
-                    self.video_cache[key] = None
-            else:
-                self.counter.record_success()
-                if self.video_cache is not None:
-                    self.video_cache[key] = decoded[key]
-        self.counter.check()
-        return decoded
+                failures[key] = error.reason
+            if self.video_cache is not None:
+                # A failure is cached as its reason, so the clip is not decoded again either.
+                self.video_cache[key] = decoded.get(key, failures.get(key))
+        if count:
+            for key, clip in clips.items():
+                if key in failures:
+                    self.counter.record_failure(stable_video_index(key), clip.name, failures[key])
+                else:
+                    self.counter.record_success(stable_video_index(key))
+            self.counter.check()
+        return decoded, failures

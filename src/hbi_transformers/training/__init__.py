@@ -15,13 +15,12 @@ from .evaluation import (
 )
 from .metrics.retrieval import format_metrics_table, load_retrieval_metric, retrieval_metrics
 from .metrics.video_qa import format_qa_table, video_qa_accuracy
-from .trainer import HBITrainer, SkipEmptyBatches
+from .trainer import HBITrainer
 
 __all__ = [
     "HBITrainer",
     "HBITrainingArguments",
     "RetrievalEvaluator",
-    "SkipEmptyBatches",
     "VideoQAEvaluator",
     "VideoQATrainingArguments",
     "encode_clips",

@@ -1,18 +1,25 @@
 """HBITrainer: transformers' Trainer with the official HBI training recipe, and retrieval or
 question answering evaluation."""
 
+import json
 import math
 from collections import defaultdict
+from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import logging
 
-from ..data import EmptyBatchError, HBIDataCollator
+from ..data import VIDEO_REPORT_KEY, BadItemCounter, HBIDataCollator, VideoReport, is_empty_batch
 from .evaluation import RetrievalEvaluator, VideoQAEvaluator
 from .optimization import BertAdam, hbi_parameter_groups, warmup_cosine_schedule
 
 logger = logging.get_logger(__name__)
+
+# Beside each checkpoint: the clips tried and failed so far, for a resumed run to count on.
+VIDEO_COUNTS_FILE = "video_counts.json"
 
 
 class LogitScaleClamp(TrainerCallback):
@@ -34,10 +41,16 @@ class HBITrainer(Trainer):
 
     `evaluate()` runs `evaluator`: by default retrieval metrics for a retrieval model
     ([`RetrievalEvaluator`]) and answer accuracy for a question answering model
-    ([`VideoQAEvaluator`]), both correct under several processes. With an [`HBIDataCollator`] as
-    `data_collator`, batches whose every video is bad are skipped, and the count of skipped videos
-    is reported at the end of training and of each evaluation. Evaluation decodes with
-    `eval_data_collator`, by default the training collator's settings without augmentation.
+    ([`VideoQAEvaluator`]), both correct under several processes.
+
+    With an [`HBIDataCollator`] as `data_collator`, no decoding failure crosses the data loader: a
+    batch whose every video is bad reaches the training step empty and is skipped (by every process
+    at once, so that they stay in step), and the `VideoReport` each batch carries is counted in
+    `video_counter` in the training process, each clip once per run whatever the DataLoader
+    workers and processes; `max_bad_fraction` is enforced on that count, and a run that trains no
+    batch fails. The counts are reported at the end of training and of each evaluation.
+    Evaluation decodes with `eval_data_collator`, by default the training collator's settings
+    without augmentation.
     """
 
     # compute_loss returns a per-batch mean: the Trainer divides it for gradient accumulation.
@@ -73,6 +86,12 @@ class HBITrainer(Trainer):
         self.add_callback(LogitScaleClamp(self))
         self._loss_term_sums = defaultdict(float)
         self._loss_term_count = 0
+        limits = {}
+        if isinstance(self.data_collator, HBIDataCollator):
+            limits = {"max_bad_fraction": self.data_collator.counter.max_bad_fraction,
+                      "min_items": self.data_collator.counter.min_items}
+        self.video_counter = BadItemCounter(**limits)
+        self.trained_batches = self.skipped_batches = 0
 
     def _default_evaluator(self, model, collator: HBIDataCollator):
         if hasattr(model, "compute_answer_logits"):
@@ -121,13 +140,52 @@ class HBITrainer(Trainer):
             self._loss_term_count += 1
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
-    def get_train_dataloader(self):
-        return SkipEmptyBatches(super().get_train_dataloader())
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        report = inputs.pop(VIDEO_REPORT_KEY, None)
+        empty = is_empty_batch(inputs)
+        reports, any_empty = self._from_all_processes(report, empty)
+        for each in reports:
+            self.video_counter.merge(each)
+        self.video_counter.check()
+        if any_empty:
+            # No backward: the optimiser step that follows leaves every parameter as it is.
+            self.skipped_batches += 1
+            logger.warning(f"skipping a batch whose every video failed ({self.video_counter.report(max_listed=3)})")
+            return torch.zeros((), device=self.args.device)
+        self.trained_batches += 1
+        return super().training_step(model, inputs, num_items_in_batch)
 
-    def train(self, *args, **kwargs):
-        result = super().train(*args, **kwargs)
-        if isinstance(self.data_collator, HBIDataCollator):
-            logger.warning(f"training videos: {self.data_collator.counter.report()}")
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            (folder / VIDEO_COUNTS_FILE).write_text(json.dumps(self.video_counter.state_dict()))
+
+    def _from_all_processes(self, report: VideoReport | None, empty: bool) -> tuple[list[VideoReport], bool]:
+        """Every process's batch report, and whether any process's batch is empty (then all skip
+        the step, since the loss gathers every process's features)."""
+        reports = [report] if report is not None else []
+        if self.accelerator.num_processes == 1 or not dist.is_initialized():
+            return reports, empty
+        gathered = [None] * self.accelerator.num_processes
+        dist.all_gather_object(gathered, (report, empty))
+        return [each for each, _ in gathered if each is not None], any(flag for _, flag in gathered)
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint:
+            checkpoint = resume_from_checkpoint
+            if checkpoint is True:
+                checkpoint = get_last_checkpoint(self.args.output_dir)
+            counts = Path(checkpoint or "", VIDEO_COUNTS_FILE)
+            if counts.exists():
+                self.video_counter.load_state_dict(json.loads(counts.read_text()))
+        result = super().train(resume_from_checkpoint, *args, **kwargs)
+        logger.warning(
+            f"training videos: {self.video_counter.report()}; {self.trained_batches} batches trained, "
+            f"{self.skipped_batches} skipped"
+        )
+        if self.trained_batches == 0 and not resume_from_checkpoint:
+            raise RuntimeError(f"no batch could be trained: {self.video_counter.report()}")
         return result
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
@@ -159,30 +217,6 @@ class HBITrainer(Trainer):
             self._loss_term_sums.clear()
             self._loss_term_count = 0
         super().log(logs, start_time)
-
-
-class SkipEmptyBatches:
-    """Iterates a data loader, skipping the batches whose every video failed to decode (the
-    collator has logged and counted them); everything else is the wrapped loader's."""
-
-    def __init__(self, loader):
-        self.loader = loader
-
-    def __iter__(self):
-        iterator = iter(self.loader)
-        while True:
-            try:
-                yield next(iterator)
-            except StopIteration:
-                return
-            except EmptyBatchError as error:
-                logger.warning(f"skipping a batch: {error}")
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __getattr__(self, name):
-        return getattr(self.loader, name)
 
 
 def freeze_clip_embeddings(body) -> None:
