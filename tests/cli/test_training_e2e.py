@@ -131,6 +131,18 @@ def test_command_lines_train_then_evaluate(corpus, tmp_path):
     saved = HBIModel.from_pretrained(output_dir)
     assert saved.config.projection_dim == 32
 
+    # --seed covers the initialisation of the HBI heads too: the same run again gives the same model.
+    torch.manual_seed(12345)
+    train_command([
+        "--model_name_or_path", str(clip_dir), "--tokenizer_name_or_path", str(tokenizer_dir),
+        "--train_annotations", str(annotations), "--streaming", "--output_dir", str(tmp_path / "again"),
+        "--max_steps", "2", "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none",
+        "--disable_tqdm", "true", *common,
+    ])
+    again = HBIModel.from_pretrained(tmp_path / "again")
+    for name, value in saved.state_dict().items():
+        assert torch.equal(again.state_dict()[name], value), name
+
     evaluated = evaluate_command([
         "--model_name_or_path", str(output_dir), "--eval_annotations", str(annotations),
         "--output_json", str(tmp_path / "metrics.json"), *common,
@@ -155,5 +167,13 @@ def test_estimator_command_line(corpus, tmp_path):
     assert (output_dir / "estimator-epoch2.safetensors").exists()
     teacher = HBIModel.from_pretrained(model_dir, banzhaf_estimator_width=8).banzhaf_teacher
     teacher.load_state_dict(load_estimator_state_dict(output_dir / "banzhaf_estimator.safetensors"))
-    # A second run reuses the cached labels.
+    # A second run reuses the cached labels; one with another model or other settings refuses them.
     assert len(train_estimator_command(arguments)) == 2
+    with pytest.raises(ValueError, match="made with other num samples than this run"):
+        train_estimator_command([*arguments, "--num_samples", "8"])
+    torch.manual_seed(1)
+    HBIModel(tiny_config(text_config=text_config)).save_pretrained(tmp_path / "other")
+    processor.save_pretrained(tmp_path / "other")
+    other = [str(tmp_path / "other") if value == str(model_dir) else value for value in arguments]
+    with pytest.raises(ValueError, match="made with other weights fingerprint than this run"):
+        train_estimator_command(other)

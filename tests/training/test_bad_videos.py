@@ -119,14 +119,18 @@ class StopAfter(TrainerCallback):
             control.should_training_stop = True
 
 
-def test_resuming_before_the_all_bad_batch(corpus, tmp_path):
+def test_resuming_latest_before_the_all_bad_batch(corpus, tmp_path):
     full = make_trainer(corpus, tmp_path / "full")
     full.train()
     interrupted = make_trainer(corpus, tmp_path / "part", save_strategy="steps", save_steps=2)
     interrupted.add_callback(StopAfter(2))
     interrupted.train()
+    # A checkpoint half-written when a run was killed: "latest" must pass it over.
+    half_written = tmp_path / "part" / "checkpoint-7"
+    half_written.mkdir()
+    (half_written / "model.safetensors").write_bytes(b"truncated")
     resumed = make_trainer(corpus, tmp_path / "part", save_strategy="steps", save_steps=2)
-    resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-2"))
+    resumed.train(resume_from_checkpoint="latest")
     assert (resumed.trained_batches, resumed.skipped_batches) == (NUM_ROWS // BATCH_SIZE - 3, 1)
     for name, value in full.model.state_dict().items():
         torch.testing.assert_close(resumed.model.state_dict()[name], value, atol=1e-6, rtol=1e-5, msg=name)

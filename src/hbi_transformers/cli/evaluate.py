@@ -38,7 +38,7 @@ def run(argv: list[str] | None = None) -> dict:
     processor = corpus_args.processor(model_args, model.config.vision_config.image_size)
     model.to(default_device(eval_args.device))
     records = load_corpus(corpus_args.dataset, "eval", corpus_args.eval_annotations, corpus_args.annotations_dir,
-                          corpus_args.video_root)
+                          corpus_args.video_root, max_bad_fraction=corpus_args.max_bad_fraction)
     if records is None:
         raise ValueError("nothing to evaluate: give --eval_annotations or an official --dataset")
     collator = HBIDataCollator(processor, max_bad_fraction=corpus_args.max_bad_fraction)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from ..data import load_video_text_dataset, read_activitynet, read_didemo, read_msrvtt
+from ..data import AnnotationReport, load_video_text_dataset, read_activitynet, read_didemo, read_msrvtt
 from ..models.hbi import HBIConfig, HBIForVideoQuestionAnswering, HBIModel, HBIProcessor, HBIVideoProcessor
 from ..models.hbi.configuration_hbi import VIDEO_QA_SETTINGS, answer_label_maps, config_with_answers, video_qa_config
 from ..models.hbi.convert_hbi_original_to_hf import load_estimator_state_dict
@@ -138,21 +138,32 @@ def load_corpus(
     annotations_dir: str | None = None,
     video_root: str | None = None,
     streaming: bool = False,
+    max_bad_fraction: float = 1.0,
 ):
     """Records (or a streamed dataset) of one split, "train" or "eval": of an official dataset
     (`dataset` msrvtt, activitynet or didemo, from `annotations_dir`), or for "generic" of
     `annotations` (annotation file, webdataset shards or hub dataset). None when a generic split
-    has no annotations."""
+    has no annotations. Captions that fail the annotation checks are skipped and counted; more
+    than `max_bad_fraction` of them stops here, before any training."""
+    report = AnnotationReport()
     if dataset in OFFICIAL_DATASETS:
         if annotations_dir is None or video_root is None:
             raise ValueError(f"--dataset {dataset} needs --annotations_dir and --video_root")
         official_split = "train" if split == "train" else OFFICIAL_EVAL_SPLIT[dataset]
-        return OFFICIAL_DATASETS[dataset](official_split, annotations_dir, video_root)
-    if dataset != "generic":
+        corpus = OFFICIAL_DATASETS[dataset](official_split, annotations_dir, video_root, report=report)
+    elif dataset != "generic":
         raise ValueError(f"unknown --dataset {dataset!r}: generic, {', '.join(OFFICIAL_DATASETS)}")
-    if annotations is None:
+    elif annotations is None:
         return None
-    return load_video_text_dataset(annotations, video_root=video_root, streaming=streaming)
+    else:
+        corpus = load_video_text_dataset(annotations, video_root=video_root, streaming=streaming,
+                                         annotation_report=report)
+    if report.skipped_fraction > max_bad_fraction:
+        raise ValueError(
+            f"{report.summary()}: {report.skipped_fraction:.1%} of the captions, over max_bad_fraction="
+            f"{max_bad_fraction:.1%}: fix the annotations, or raise max_bad_fraction"
+        )
+    return corpus
 
 
 def write_metrics(metrics: dict, output_dir: str, name: str, format_table: Callable[[dict], str]) -> None:

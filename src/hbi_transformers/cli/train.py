@@ -3,7 +3,7 @@ With no arguments at all it runs the offline demonstration (`hbi-demo`)."""
 
 import sys
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, set_seed
 from transformers.utils import logging
 
 from ..data import HBIDataCollator
@@ -33,12 +33,15 @@ def run(argv: list[str] | None = None) -> dict:
     model_args, corpus_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.set_verbosity_info() if training_args.should_log else logging.set_verbosity_warning()
 
+    # Before the model exists: --seed covers the initialisation of its fresh heads.
+    set_seed(training_args.seed)
     model = load_model(model_args.model_name_or_path, model_args.estimator, **model_args.config_overrides())
     processor = corpus_args.processor(model_args, model.config.vision_config.image_size)
-    train_corpus = load_corpus(corpus_args.dataset, "train", corpus_args.train_annotations, corpus_args.annotations_dir,
-                               corpus_args.video_root, streaming=corpus_args.streaming)
-    eval_corpus = load_corpus(corpus_args.dataset, "eval", corpus_args.eval_annotations, corpus_args.annotations_dir,
-                              corpus_args.video_root)
+    corpus_options = dict(annotations_dir=corpus_args.annotations_dir, video_root=corpus_args.video_root,
+                          max_bad_fraction=corpus_args.max_bad_fraction)
+    train_corpus = load_corpus(corpus_args.dataset, "train", corpus_args.train_annotations,
+                               streaming=corpus_args.streaming, **corpus_options)
+    eval_corpus = load_corpus(corpus_args.dataset, "eval", corpus_args.eval_annotations, **corpus_options)
     if train_corpus is None:
         raise ValueError("nothing to train on: give --train_annotations or an official --dataset")
     augment = corpus_args.augment if corpus_args.augment is not None else corpus_args.dataset in AUGMENTED_DATASETS

@@ -10,7 +10,15 @@ from transformers import HfArgumentParser
 
 from ..data import HBIDataCollator
 from ..models.hbi.banzhaf_estimator import BanzhafEstimator
-from ..training.estimator_pretraining import LabelShardDataset, save_estimator, train_estimator, write_label_shards
+from ..training.estimator_pretraining import (
+    MANIFEST,
+    LabelShardDataset,
+    check_label_cache,
+    label_cache_key,
+    save_estimator,
+    train_estimator,
+    write_label_shards,
+)
 from .arguments import LabelCorpusArguments, ModelArguments
 from .loading import default_device, load_corpus, load_model
 
@@ -47,15 +55,18 @@ def run(argv: list[str] | None = None) -> list[dict]:
     output_dir = Path(args.output_dir)
     label_dir = Path(args.label_cache) if args.label_cache else output_dir / "labels"
 
-    if not (label_dir / "labels.json").exists():
-        model = load_model(model_args.model_name_or_path)
-        model.to(default_device())
-        processor = corpus_args.processor(model_args, model.config.vision_config.image_size)
+    model = load_model(model_args.model_name_or_path)
+    model.to(default_device())
+    processor = corpus_args.processor(model_args, model.config.vision_config.image_size)
+    collator = HBIDataCollator(processor, max_bad_fraction=corpus_args.max_bad_fraction)
+    if (label_dir / MANIFEST).exists():
+        check_label_cache(label_dir, label_cache_key(model, collator, args.num_samples, args.seed))
+        print(f"reusing the labels in {label_dir}: same model and settings")
+    else:
         corpus = load_corpus(corpus_args.dataset, "train", corpus_args.train_annotations, corpus_args.annotations_dir,
-                             corpus_args.video_root)
+                             corpus_args.video_root, max_bad_fraction=corpus_args.max_bad_fraction)
         if corpus is None:
             raise ValueError("nothing to label: give --train_annotations or an official --dataset")
-        collator = HBIDataCollator(processor, max_bad_fraction=corpus_args.max_bad_fraction)
         pairs = write_label_shards(model, collator, corpus, label_dir, args.num_samples, args.seed,
                                    batch_size=args.label_batch_size)
         print(f"labelled {pairs} pairs into {label_dir}; {collator.counter.report()}")

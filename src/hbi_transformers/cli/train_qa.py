@@ -9,10 +9,10 @@ an `{answer: label}` JSON file (the official `train_ans2label.json`) or a JSON l
 
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, set_seed
 from transformers.utils import logging
 
-from ..data import HBIDataCollator, VideoTextRecord, annotation_rows, iter_annotations, load_video_text_dataset
+from ..data import HBIDataCollator, VideoTextRecord, iter_rows_with_records, load_video_text_dataset
 from ..training import HBITrainer, VideoQAEvaluator, VideoQATrainingArguments, format_qa_table
 from ..training.metrics.video_qa import question_type
 from .arguments import ModelArguments
@@ -75,16 +75,15 @@ class QADataArguments:
 
 def read_qa_annotations(annotation_file: str, video_root: str | None) -> tuple[list[VideoTextRecord], list[str]]:
     """The questions of an annotation file as records (the question is the caption) and their
-    types."""
-    records = list(iter_annotations(annotation_file, video_root))
-    rows = list(annotation_rows(annotation_file))
-    if len(rows) != len(records):
-        raise ValueError(f"{annotation_file}: expected one question per row, got {len(records)} for {len(rows)} rows")
-    types = [
-        next((str(row[column]).lower() for column in QUESTION_TYPE_COLUMNS if row.get(column)), None)
-        or question_type(record.question or record.caption)
-        for row, record in zip(rows, records)
-    ]
+    types (a question that fails the annotation checks is skipped, and logged with its line)."""
+    records, types = [], []
+    for row, row_records in iter_rows_with_records(annotation_file, video_root):
+        for record in row_records:
+            records.append(record)
+            types.append(
+                next((str(row[column]).lower() for column in QUESTION_TYPE_COLUMNS if row.get(column)), None)
+                or question_type(record.question or record.caption)
+            )
     return records, types
 
 
@@ -98,6 +97,8 @@ def run(argv: list[str] | None = None) -> dict:
     if data_args.train_annotations is None and data_args.eval_annotations is None:
         raise ValueError("nothing to do: give --train_annotations and / or --eval_annotations")
 
+    # Before the model exists: --seed covers the initialisation of its fresh heads.
+    set_seed(training_args.seed)
     model = load_qa_model(model_args.model_name_or_path, model_args.answers, model_args.estimator,
                           **model_args.config_overrides())
     processor = load_processor(

@@ -2,7 +2,7 @@
 layouts), the collator with bad-video accounting, the synthetic corpus and the offline CLIP
 tokenizer builder. Builds on `hbi_transformers.models` only."""
 
-from .annotations import annotation_rows, iter_annotations
+from .annotations import AnnotationReport, annotation_rows, iter_annotations, iter_rows_with_records
 from .bad_items import BadItem, BadItemCounter, TooManyBadVideosError, VideoReport
 from .clip_vocabulary import build_clip_tokenizer, clip_vocabulary, download_open_clip_bpe, extract_bpe_from_wheel
 from .collator import VIDEO_REPORT_KEY, EmptyBatchError, HBIDataCollator, is_empty_batch, stable_video_index
@@ -13,6 +13,7 @@ from .synthetic import make_synthetic_corpus
 from .webdataset import iter_webdataset
 
 __all__ = [
+    "AnnotationReport",
     "VIDEO_EXTENSIONS",
     "VIDEO_REPORT_KEY",
     "BadItem",
@@ -31,6 +32,7 @@ __all__ = [
     "extract_bpe_from_wheel",
     "is_empty_batch",
     "iter_annotations",
+    "iter_rows_with_records",
     "iter_webdataset",
     "load_video_text_dataset",
     "make_synthetic_corpus",

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, fields
 from glob import glob
 
-from .annotations import _VideoLocator, _records_from_row, iter_annotations
+from .annotations import AnnotationReport, _records_from_row, _VideoLocator, iter_annotations
 from .records import VideoTextRecord, as_record
 from .webdataset import _shard_paths, iter_webdataset
 
@@ -32,12 +32,14 @@ def _rows_of_records(records: list[VideoTextRecord]) -> Iterator[dict]:
     yield from (asdict(record) for record in records)
 
 
-def _rows_of_annotations(annotation_file: str, video_root: str | None) -> Iterator[dict]:
-    yield from (asdict(record) for record in iter_annotations(annotation_file, video_root))
+def _rows_of_annotations(
+    annotation_file: str, video_root: str | None, report: AnnotationReport | None = None
+) -> Iterator[dict]:
+    yield from (asdict(record) for record in iter_annotations(annotation_file, video_root, report=report))
 
 
-def _rows_of_shards(shards: list[str]) -> Iterator[dict]:
-    yield from (asdict(record) for record in iter_webdataset(shards))
+def _rows_of_shards(shards: list[str], report: AnnotationReport | None = None) -> Iterator[dict]:
+    yield from (asdict(record) for record in iter_webdataset(shards, report=report))
 
 
 def _is_annotation_file(source: str) -> bool:
@@ -50,10 +52,16 @@ def _is_webdataset(source: str) -> bool:
     return ".tar" in os.path.basename(source)
 
 
-def _records_from_hub_batch(batch: dict[str, list], video_root: str | None) -> dict[str, list]:
+def _records_from_hub_batch(
+    batch: dict[str, list], indices: list[int], video_root: str | None, source: str
+) -> dict[str, list]:
     rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
     locator = _VideoLocator(video_root)
-    records = [record for row in rows for record in _records_from_row(row, locator)]
+    records = [
+        record
+        for index, row in zip(indices, rows)
+        for record in _records_from_row(row, locator, f"{source} row {index}")
+    ]
     return {field.name: [getattr(record, field.name) for record in records] for field in fields(VideoTextRecord)}
 
 
@@ -68,9 +76,10 @@ def _load_hub_dataset(name: str, split: str, streaming: bool, video_root: str | 
     return dataset.map(
         _records_from_hub_batch,
         batched=True,
+        with_indices=True,
         # Rows with several captions become several records, so the input columns must go.
         remove_columns=dataset.column_names,
-        fn_kwargs={"video_root": video_root},
+        fn_kwargs={"video_root": video_root, "source": f"{name} ({split})"},
     )
 
 
@@ -80,6 +89,7 @@ def load_video_text_dataset(
     video_root: str | os.PathLike | None = None,
     streaming: bool = False,
     split: str = "train",
+    annotation_report: AnnotationReport | None = None,
 ):
     """A `datasets.Dataset` (or `IterableDataset` with `streaming=True`) of record rows: `video`
     (path or bytes), `caption`, `video_id`, `start`, `end`, `question`, `answer`.
@@ -94,7 +104,14 @@ def load_video_text_dataset(
       while streamed rows hold the path or bytes; the collator and the helpers take both.
 
     Streamed datasets read their files lazily: tar shards (and a list of records) are shards of
-    the IterableDataset, so DataLoader workers and `split_dataset_by_node` divide them.
+    the IterableDataset, so DataLoader workers and `split_dataset_by_node` divide them. A streamed
+    annotation file is still read through once here, so that a malformed one is rejected now
+    rather than mid-training.
+
+    Annotations are checked as `iter_annotations` and `iter_webdataset` describe: a malformed file
+    raises a ValueError naming the file and line, a bad caption is skipped, logged and counted in
+    `annotation_report` where one is passed (filled here, except for streamed shards, which log
+    what they skip as they are read).
     """
     # datasets is imported where it is used, so that the readers and the collator work without it.
     from datasets import Dataset, IterableDataset
@@ -104,9 +121,10 @@ def load_video_text_dataset(
         source = os.fspath(source)
         if _is_annotation_file(source):
             generator, video_is_bytes = _rows_of_annotations, False
-            gen_kwargs = {"annotation_file": source, "video_root": video_root}
+            gen_kwargs = {"annotation_file": source, "video_root": video_root, "report": annotation_report}
         elif _is_webdataset(source):
-            generator, gen_kwargs, video_is_bytes = _rows_of_shards, {"shards": _shard_paths(source)}, True
+            generator, video_is_bytes = _rows_of_shards, True
+            gen_kwargs = {"shards": _shard_paths(source), "report": annotation_report}
         else:
             return _load_hub_dataset(source, split, streaming, video_root)
     else:
@@ -114,7 +132,8 @@ def load_video_text_dataset(
         if not items:
             raise ValueError("no records or shards to build a dataset from")
         if all(isinstance(item, (str, os.PathLike)) for item in items):
-            generator, gen_kwargs, video_is_bytes = _rows_of_shards, {"shards": _shard_paths(items)}, True
+            generator, video_is_bytes = _rows_of_shards, True
+            gen_kwargs = {"shards": _shard_paths(items), "report": annotation_report}
         else:
             records = [as_record(item) for item in items]
             generator, gen_kwargs = _rows_of_records, {"records": records}
@@ -122,5 +141,11 @@ def load_video_text_dataset(
 
     features = _record_features(video_is_bytes)
     if streaming:
+        if generator is _rows_of_annotations:
+            # Read through once now, so that a malformed file fails here rather than mid-training.
+            for _ in iter_annotations(source, video_root, report=annotation_report):
+                pass
+        # A stream is read later, each epoch, possibly in other processes: it logs what it skips.
+        gen_kwargs.pop("report", None)
         return IterableDataset.from_generator(generator, features=features, gen_kwargs=gen_kwargs)
     return Dataset.from_list(list(generator(**gen_kwargs)), features=features)

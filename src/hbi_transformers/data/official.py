@@ -1,30 +1,40 @@
 """The official annotation layouts, read with the official split rules: MSR-VTT retrieval,
 ActivityNet Captions and DiDeMo (as paragraph retrieval), and MSRVTT-QA."""
 
-import csv
-import json
 import math
 import os
 from collections.abc import Iterable, Mapping
 
 from transformers.utils import logging
 
+from .annotations import (
+    AnnotationReport,
+    _caption,
+    _caption_list,
+    _csv_rows,
+    _jsonl_rows,
+    _log_summary,
+    _read_json,
+    _report_mark,
+    _text_lines,
+)
 from .records import VideoTextRecord
 
 logger = logging.get_logger(__name__)
 
-
-def _read_json(path: str):
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
-
-
-def _read_csv(path: str) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as handle:
-        return list(csv.DictReader(handle))
+# The official readers check their files as the generic ones do (see `iter_annotations`): a file
+# that is not UTF-8 or not well-formed raises naming the file and line, a bad caption (empty,
+# blank, not text) is skipped, logged and counted in `report`. A location inside a JSON document
+# is its key path, as the official JSON files are written on a single line.
 
 
-def read_msrvtt(split: str, annotations_dir: str | os.PathLike, video_root: str | os.PathLike) -> list[VideoTextRecord]:
+def read_msrvtt(
+    split: str,
+    annotations_dir: str | os.PathLike,
+    video_root: str | os.PathLike,
+    *,
+    report: AnnotationReport | None = None,
+) -> list[VideoTextRecord]:
     """MSR-VTT retrieval with the official splits.
 
     "train": every caption in `MSRVTT_data.json` of the 9k videos listed in `MSRVTT_train.9k.csv`
@@ -32,18 +42,35 @@ def read_msrvtt(split: str, annotations_dir: str | os.PathLike, video_root: str 
     pairs of `MSRVTT_JSFUSION_test.csv`. Videos are `<video_root>/<video_id>.mp4`.
     """
     annotations_dir, video_root = os.fspath(annotations_dir), os.fspath(video_root)
+    report = AnnotationReport() if report is None else report
 
     def record(video_id: str, caption: str) -> VideoTextRecord:
         return VideoTextRecord(video=os.path.join(video_root, f"{video_id}.mp4"), caption=caption, video_id=video_id)
 
     if split == "train":
-        train_ids = {row["video_id"] for row in _read_csv(os.path.join(annotations_dir, "MSRVTT_train.9k.csv"))}
-        sentences = _read_json(os.path.join(annotations_dir, "MSRVTT_data.json"))["sentences"]
-        return [record(item["video_id"], item["caption"]) for item in sentences if item["video_id"] in train_ids]
+        train_ids = {row["video_id"] for _, row in _csv_rows(os.path.join(annotations_dir, "MSRVTT_train.9k.csv"))}
+        path = os.path.join(annotations_dir, "MSRVTT_data.json")
+        start, records = _report_mark(report), []
+        for index, item in enumerate(_read_json(path)["sentences"]):
+            if item["video_id"] in train_ids:
+                caption = _caption(item["caption"], f"{path} (sentences[{index}])", report)
+                records += [] if caption is None else [record(item["video_id"], caption)]
+        _log_summary(path, report, start)
+        return records
     if split in ("test", "val"):
-        rows = _read_csv(os.path.join(annotations_dir, "MSRVTT_JSFUSION_test.csv"))
-        return [record(row["video_id"], row["sentence"]) for row in rows]
+        path = os.path.join(annotations_dir, "MSRVTT_JSFUSION_test.csv")
+        start, records = _report_mark(report), []
+        for location, row in _csv_rows(path):
+            caption = _caption(row["sentence"], location, report)
+            records += [] if caption is None else [record(row["video_id"], caption)]
+        _log_summary(path, report, start)
+        return records
     raise ValueError(f"MSR-VTT splits are 'train', 'val' and 'test', not {split!r}")
+
+
+def _paragraph(sentences, location: str, report: AnnotationReport) -> str | None:
+    """A video's good sentences joined with a space (the bad ones skipped); None when none is."""
+    return " ".join(_caption_list(sentences, location, report)) or None
 
 
 def _video_files_by_stem(video_root: str, stem_to_id) -> dict[str, str]:
@@ -65,7 +92,11 @@ def _warn_missing_videos(dataset: str, listed: list[str], found: Mapping[str, st
 
 
 def read_activitynet(
-    split: str, annotations_dir: str | os.PathLike, video_root: str | os.PathLike
+    split: str,
+    annotations_dir: str | os.PathLike,
+    video_root: str | os.PathLike,
+    *,
+    report: AnnotationReport | None = None,
 ) -> list[VideoTextRecord]:
     """ActivityNet Captions paragraph retrieval with the official rules.
 
@@ -80,31 +111,37 @@ def read_activitynet(
     if split not in files:
         raise ValueError(f"ActivityNet splits are 'train' and 'val', not {split!r}")
     annotations_dir, video_root = os.fspath(annotations_dir), os.fspath(video_root)
+    report = AnnotationReport() if report is None else report
     ids_file, captions_file = files[split]
     listed = list(dict.fromkeys(_read_json(os.path.join(annotations_dir, ids_file))))
-    captions = _read_json(os.path.join(annotations_dir, captions_file))
+    captions_path = os.path.join(annotations_dir, captions_file)
+    captions = _read_json(captions_path)
     # The official loader drops the first two characters of a file name ("v_") to get the id.
     videos = _video_files_by_stem(video_root, lambda stem: stem[2:])
     listed = [key for key in listed if key in captions]
     _warn_missing_videos("ActivityNet", [key[2:] for key in listed], videos, video_root)
-    return [
-        VideoTextRecord(
-            video=videos[key[2:]],
-            caption=" ".join(captions[key]["sentences"]),
-            video_id=key[2:],
-            start=0,
-            end=math.ceil(float(captions[key]["duration"])),
-        )
-        for key in listed
-        if key[2:] in videos
-    ]
+    start, records = _report_mark(report), []
+    for key in listed:
+        if key[2:] in videos:
+            paragraph = _paragraph(captions[key]["sentences"], f"{captions_path} ({key}.sentences)", report)
+            if paragraph is not None:
+                end = math.ceil(float(captions[key]["duration"]))
+                records.append(VideoTextRecord(videos[key[2:]], paragraph, key[2:], start=0, end=end))
+    _log_summary(captions_path, report, start)
+    return records
 
 
 # DiDeMo clips were annotated over at most 30 s; the official loader reads [0, 31] s of every video.
 DIDEMO_END_SECONDS = 31
 
 
-def read_didemo(split: str, annotations_dir: str | os.PathLike, video_root: str | os.PathLike) -> list[VideoTextRecord]:
+def read_didemo(
+    split: str,
+    annotations_dir: str | os.PathLike,
+    video_root: str | os.PathLike,
+    *,
+    report: AnnotationReport | None = None,
+) -> list[VideoTextRecord]:
     """DiDeMo paragraph retrieval with the official rules.
 
     Reads `<split>_list.txt` (video names) and `<split>_data.json` ("train", "val" or "test").
@@ -116,12 +153,16 @@ def read_didemo(split: str, annotations_dir: str | os.PathLike, video_root: str 
     if split not in ("train", "val", "test"):
         raise ValueError(f"DiDeMo splits are 'train', 'val' and 'test', not {split!r}")
     annotations_dir, video_root = os.fspath(annotations_dir), os.fspath(video_root)
-    with open(os.path.join(annotations_dir, f"{split}_list.txt"), encoding="utf-8") as handle:
-        listed = {line.strip() for line in handle if line.strip()}
-    descriptions: dict[str, list[str]] = {}
-    for item in _read_json(os.path.join(annotations_dir, f"{split}_data.json")):
+    report = AnnotationReport() if report is None else report
+    listed = {line.strip() for _, line in _text_lines(os.path.join(annotations_dir, f"{split}_list.txt"))} - {""}
+    path = os.path.join(annotations_dir, f"{split}_data.json")
+    start, descriptions = _report_mark(report), {}
+    for index, item in enumerate(_read_json(path)):
         if item["video"] in listed:
-            descriptions.setdefault(item["video"], []).append(item["description"])
+            description = _caption(item["description"], f"{path} ([{index}].description)", report)
+            if description is not None:
+                descriptions.setdefault(item["video"], []).append(description)
+    _log_summary(path, report, start)
     videos = _video_files_by_stem(video_root, lambda stem: stem)
     _warn_missing_videos("DiDeMo", list(descriptions), videos, video_root)
     return [
@@ -134,26 +175,32 @@ def read_didemo(split: str, annotations_dir: str | os.PathLike, video_root: str 
 
 
 def read_msrvtt_qa(
-    annotation_file: str | os.PathLike, video_root: str | os.PathLike, answer_vocabulary: Iterable[str] | None = None
+    annotation_file: str | os.PathLike,
+    video_root: str | os.PathLike,
+    answer_vocabulary: Iterable[str] | None = None,
+    *,
+    report: AnnotationReport | None = None,
 ) -> list[VideoTextRecord]:
     """MSRVTT-QA: one record per line of the jsonl (`video_id`, `question`, `answer`), video
     `<video_root>/<video_id>.mp4`. With `answer_vocabulary` (the keys of the official
     `train_ans2label.json`), only questions whose answer it holds are kept, as the official test
     loader does."""
     vocabulary = None if answer_vocabulary is None else set(answer_vocabulary)
-    records = []
-    with open(annotation_file, encoding="utf-8") as handle:
-        for line in filter(str.strip, handle):
-            item = json.loads(line)
-            if vocabulary is not None and item["answer"] not in vocabulary:
-                continue
+    path, report = os.fspath(annotation_file), AnnotationReport() if report is None else report
+    start, records = _report_mark(report), []
+    for location, item in _jsonl_rows(path):
+        if vocabulary is not None and item["answer"] not in vocabulary:
+            continue
+        question = _caption(item["question"], location, report, "question")
+        if question is not None:
             records.append(
                 VideoTextRecord(
                     video=os.path.join(os.fspath(video_root), f"{item['video_id']}.mp4"),
-                    caption=item["question"],
+                    caption=question,
                     video_id=item["video_id"],
-                    question=item["question"],
+                    question=question,
                     answer=str(item["answer"]),
                 )
             )
+    _log_summary(path, report, start)
     return records

@@ -2,9 +2,11 @@
 batches, with the clip naming helpers and the per-clip views evaluation needs (`unique_videos`,
 `text_to_video_index`)."""
 
+import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import NamedTuple
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts")
@@ -16,7 +18,9 @@ class VideoTextRecord:
 
     `video` is a file path or the encoded bytes; `start` / `end` bound the clip in seconds (None:
     the whole video). For question answering, `caption` holds the question (it is the text the
-    model reads) and `question` / `answer` are set as well.
+    model reads) and `question` / `answer` are set as well. Records are values: `name` (a digest
+    of the bytes for a video held as bytes) is computed once, so build a new record rather than
+    changing `video`.
     """
 
     video: str | bytes
@@ -42,8 +46,9 @@ class VideoTextRecord:
             values["video_id"] = _strip_video_extension(values["video"])
         return cls(**values)
 
-    @property
+    @cached_property
     def name(self) -> str:
+        # Cached: the collator asks for a record's clip key several times per batch.
         return _video_name(self.video, self.video_id)
 
     @property
@@ -70,8 +75,12 @@ class VideoClip(NamedTuple):
 
 
 def _video_name(video: str | bytes, video_id: str) -> str:
-    """How logs and errors name a video: its path, or its id when it is held as bytes."""
-    return video if isinstance(video, str) else video_id
+    """What names and tells apart a video: its path, or for a video held as bytes its id and a
+    digest of the bytes, as `<id>@blake2b:<hex>`. The id alone is not enough: webdataset keys (the
+    default ids) repeat across shards for different videos, which would then be one clip."""
+    if isinstance(video, str):
+        return video
+    return f"{video_id}@blake2b:{hashlib.blake2b(video, digest_size=16).hexdigest()}"
 
 
 def _encoded_video(cell):

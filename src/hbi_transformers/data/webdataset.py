@@ -1,18 +1,22 @@
 """Webdataset-style tar shards: a video plus a txt or json per sample key, read as bytes while
 streaming through the archive and turned into `VideoTextRecord`s."""
 
+import codecs
 import json
 import os
 import tarfile
 from collections.abc import Iterable, Iterator
 from glob import glob
 
-from transformers.utils import logging
-
-from .annotations import _VideoLocator, _records_from_row
+from .annotations import (
+    AnnotationReport,
+    _json_problem,
+    _log_summary,
+    _records_from_row,
+    _report_mark,
+    _VideoLocator,
+)
 from .records import VIDEO_EXTENSIONS, VideoTextRecord
-
-logger = logging.get_logger(__name__)
 
 
 def _shard_paths(shards: str | os.PathLike | Iterable[str | os.PathLike]) -> list[str]:
@@ -52,33 +56,63 @@ def _grouped_samples(shard: str) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, files
 
 
-def _webdataset_row(key: str, files: dict[str, bytes]) -> dict | None:
-    """The sample as an annotation row holding the video bytes; None without video or text."""
+def _sample_text(data: bytes, member: str) -> str:
+    data = data.removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        byte = data[error.start]
+        raise ValueError(f"{member} is not UTF-8 text (byte {byte:#04x} at offset {error.start})") from None
+
+
+def _webdataset_row(key: str, files: dict[str, bytes]) -> tuple[dict, str]:
+    """The sample as an annotation row holding the video bytes, and the member holding its text."""
     video = next((files[extension[1:]] for extension in VIDEO_EXTENSIONS if extension[1:] in files), None)
     if video is None:
-        return None
+        raise ValueError("no video file")
     if "json" in files:
-        row = json.loads(files["json"])
+        member = f"{key}.json"
+        try:
+            row = json.loads(_sample_text(files["json"], member))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{member} is malformed JSON: {_json_problem(error)} of line {error.lineno}") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{member} holds {type(row).__name__}, not an object of annotation columns")
     elif "txt" in files:
-        row = {"caption": files["txt"].decode("utf-8").strip()}
+        member = f"{key}.txt"
+        row = {"caption": _sample_text(files["txt"], member).strip()}
     else:
-        return None
-    return {**row, "video": video, "video_id": row.get("video_id", key)}
+        raise ValueError("no txt or json caption")
+    return {**row, "video": video, "video_id": row.get("video_id", key)}, member
 
 
-def iter_webdataset(shards: str | os.PathLike | Iterable[str | os.PathLike]) -> Iterator[VideoTextRecord]:
+def iter_webdataset(
+    shards: str | os.PathLike | Iterable[str | os.PathLike], *, report: AnnotationReport | None = None
+) -> Iterator[VideoTextRecord]:
     """Records of webdataset-style tar shards, streamed through each archive without extracting.
 
     A sample is the files sharing a key: a video (`.mp4`, `.webm`, ... as in `VIDEO_EXTENSIONS`,
     kept as bytes) and either a `.txt` caption or a `.json` row with the generic annotation
     columns (`caption` or `captions`, optional `start` / `end`, `video_id`; the key by default).
-    Samples missing the video or the text are logged and left out.
+    Keys may repeat across shards: a video held as bytes is told apart by a digest of its bytes
+    besides its id (see `VideoTextRecord.name`), so such samples stay distinct clips.
+
+    A sample missing the video or the text, or whose text is not UTF-8 or its row not readable
+    (malformed JSON, a start that is not a number...), is left out, and bad captions are skipped
+    as in `iter_annotations`: each is logged with its shard and member, counted in `report`, and a
+    summary line is logged per shard. No sample raises mid-stream (an unreadable tar does).
     """
+    report = AnnotationReport() if report is None else report
     bytes_only = _VideoLocator(None)
     for shard in _shard_paths(shards):
+        start = _report_mark(report)
         for key, files in _grouped_samples(shard):
-            row = _webdataset_row(key, files)
-            if row is None:
-                logger.warning(f"{shard}: sample {key} lacks a video or a txt / json caption; left out")
+            try:
+                row, member = _webdataset_row(key, files)
+                records = _records_from_row(row, bytes_only, f"{shard}:{member}", report)
+            except ValueError as error:
+                # A shard is streamed mid-training, where raising would end the run.
+                report.skip(f"{shard}:{key}", f"sample left out: {error}")
                 continue
-            yield from _records_from_row(row, bytes_only)
+            yield from records
+        _log_summary(shard, report, start)

@@ -29,10 +29,46 @@ from ..models.hbi.modeling_hbi import HBIModel, HBITextOutput, HBIVideoOutput
 from ..models.hbi.wti import matched_word_frame_similarity
 from .banzhaf_labels import monte_carlo_banzhaf_interaction
 from .evaluation import encode_corpus
+from .model_identity import model_identity
 from .optimization import BertAdam, warmup_cosine_schedule
 
 SHARD_KEYS = ("similarity_map", "text_mask", "video_mask", "labels")
 MANIFEST = "labels.json"
+# Video processing settings that change the maps a cache holds.
+LABEL_VIDEO_SETTINGS = ("max_frames", "video_framerate", "frame_sampling", "size", "crop_size", "image_mean", "image_std")
+
+
+def label_cache_key(model: HBIModel, collator: HBIDataCollator, num_samples: int, seed: int) -> dict:
+    """What a label cache was made with: the model (architecture hash and weights fingerprint),
+    the text and video settings, and the Monte Carlo settings. A cache is reused only for the
+    same key."""
+    identity = model_identity(model)
+    video_settings = collator.processor.video_processor.to_dict()
+    video = {key: video_settings.get(key) for key in LABEL_VIDEO_SETTINGS}
+    video.update(collator.video_options)
+    return {
+        "config_hash": identity["config_hash"],
+        "weights_fingerprint": identity["weights_fingerprint"],
+        "max_words": collator.processor.max_words,
+        "video": json.loads(json.dumps(video, default=str)),
+        "num_samples": num_samples,
+        "seed": seed,
+        "semantics": "official",
+    }
+
+
+def check_label_cache(label_dir: str | Path, key: dict) -> None:
+    """Raises ValueError, naming what differs, unless the cache in `label_dir` was made with `key`."""
+    manifest = json.loads((Path(label_dir) / MANIFEST).read_text())
+    recorded = manifest.get("key")
+    if recorded is None:
+        raise ValueError(f"the label cache {label_dir} records no model or settings: delete it to label again")
+    differences = sorted(name for name in key if recorded.get(name) != key[name])
+    if differences:
+        raise ValueError(
+            f"the label cache {label_dir} was made with other {', '.join(differences).replace('_', ' ')} than this "
+            "run: delete it (or give another --label_cache) to label again with this model and these settings"
+        )
 
 
 @torch.no_grad()
@@ -108,7 +144,7 @@ def write_label_shards(
     finally:
         model.train(was_training)
     manifest = {"pairs": total, "num_samples": num_samples, "seed": seed, "shards": shard_names,
-                "model": model.config.name_or_path}
+                "model": model.config.name_or_path, "key": label_cache_key(model, collator, num_samples, seed)}
     (output_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return total
 

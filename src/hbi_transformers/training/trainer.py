@@ -9,10 +9,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from ..data import VIDEO_REPORT_KEY, BadItemCounter, HBIDataCollator, VideoReport, is_empty_batch
+from .checkpoints import LATEST, latest_complete_checkpoint
 from .evaluation import RetrievalEvaluator, VideoQAEvaluator
 from .optimization import BertAdam, hbi_parameter_groups, warmup_cosine_schedule
 
@@ -156,10 +157,12 @@ class HBITrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
         if self.args.should_save:
+            # Before the Trainer's own files, whose state file, written last, marks a checkpoint complete.
             folder = Path(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder.mkdir(parents=True, exist_ok=True)
             (folder / VIDEO_COUNTS_FILE).write_text(json.dumps(self.video_counter.state_dict()))
+        super()._save_checkpoint(model, trial)
 
     def _from_all_processes(self, report: VideoReport | None, empty: bool) -> tuple[list[VideoReport], bool]:
         """Every process's batch report, and whether any process's batch is empty (then all skip
@@ -172,11 +175,13 @@ class HBITrainer(Trainer):
         return [each for each, _ in gathered if each is not None], any(flag for _, flag in gathered)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        """`Trainer.train`; `resume_from_checkpoint` may also be "latest": the newest complete
+        checkpoint of `output_dir` (none: a fresh start)."""
+        if resume_from_checkpoint in (True, LATEST):
+            resume_from_checkpoint = latest_complete_checkpoint(self.args.output_dir)
+            logger.warning(f"resuming from {resume_from_checkpoint or 'nothing: no complete checkpoint yet'}")
         if resume_from_checkpoint:
-            checkpoint = resume_from_checkpoint
-            if checkpoint is True:
-                checkpoint = get_last_checkpoint(self.args.output_dir)
-            counts = Path(checkpoint or "", VIDEO_COUNTS_FILE)
+            counts = Path(resume_from_checkpoint, VIDEO_COUNTS_FILE)
             if counts.exists():
                 self.video_counter.load_state_dict(json.loads(counts.read_text()))
         result = super().train(resume_from_checkpoint, *args, **kwargs)

@@ -242,6 +242,9 @@ def test_gradient_checkpointing_gives_same_gradients():
         (lambda b: b.update(video_mask=b["video_mask"][:, :-1]), "video_mask"),
         (lambda b: b["attention_mask"][2].zero_(), r"all zeros for text item\(s\) \[2\]"),
         (lambda b: b["video_mask"][1].zero_(), r"all zeros for video item\(s\) \[1\]"),
+        (lambda b: b["video_mask"][0, 0].fill_(2), r"video_mask must hold only 0 and 1, got values \[0, 1, 2\]"),
+        (lambda b: b["attention_mask"].mul_(3), r"attention_mask must hold only 0 and 1"),
+        (lambda b: b.update({key: value[:0] for key, value in b.items()}), "holds no text: the batch is empty"),
     ],
 )
 def test_bad_input_raises_clear_error(model, change, message):
@@ -287,3 +290,18 @@ def test_same_video_positives_is_opt_in():
         expected = expected + sum(rows) / 4 / 2
     torch.testing.assert_close(shared.loss_terms["contrastive_entity"], expected)
     assert (shared.loss_terms["contrastive_entity"] - diagonal.loss_terms["contrastive_entity"]).abs() > 1e-3
+
+
+def test_padding_never_changes_an_output(model):
+    """Whatever the pixels of padding frames and the ids of padding tokens, every output is the
+    same, the loss included."""
+    batch = make_batch()
+    noisy = {key: value.clone() for key, value in batch.items()}
+    generator = torch.Generator().manual_seed(5)
+    padded_frames = noisy["video_mask"] == 0
+    assert padded_frames.any() and (noisy["attention_mask"] == 0).any()
+    noisy["pixel_values_videos"][padded_frames] = torch.randn(int(padded_frames.sum()), 3, 32, 32, generator=generator)
+    noisy["input_ids"][noisy["attention_mask"] == 0] = 7
+    clean_out, noisy_out = (seeded_forward(model, inputs, return_loss=True) for inputs in (batch, noisy))
+    torch.testing.assert_close(noisy_out.logits_per_text, clean_out.logits_per_text, atol=0, rtol=0)
+    torch.testing.assert_close(noisy_out.loss, clean_out.loss, atol=0, rtol=0)

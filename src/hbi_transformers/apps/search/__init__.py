@@ -45,7 +45,8 @@ The command lines are `hbi-index` and `hbi-search` (`hbi_transformers.cli.index`
 """
 
 from .build import build_index, index_from_features
-from .identity import IndexModelMismatchError, model_identity, pooled_embeddings
+from ...training.model_identity import model_identity
+from .identity import IndexModelMismatchError, pooled_embeddings
 from .index import MANIFEST_NAME, VideoIndex
 from .rank import best_matching_frames, search, search_by_text_features
 from .results import IndexReport, SearchHit, format_search_results, search_results_to_json

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 from ...data import VIDEO_EXTENSIONS, BadItem, HBIDataCollator, VideoClip
 from ...models.hbi.modeling_hbi import HBIVideoOutput
 from ...training.evaluation.encoding import encode_clips
-from .identity import IndexModelMismatchError, check_same_model, model_identity
+from ...training.model_identity import model_identity
+from .identity import IndexModelMismatchError, check_same_model
 from .index import DEFAULT_SHARD_SIZE, MANIFEST_NAME, IndexWriter, VideoIndex, entry_tensors, new_manifest
 from .results import IndexReport
 

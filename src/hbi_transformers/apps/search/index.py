@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from ...models.hbi.configuration_hbi import LEVEL_NAMES
 from ...models.hbi.modeling_hbi import HBIVideoOutput
 from ...models.hbi.wti import LevelTokens, l2_normalize
-from .identity import check_same_model, fixed_merge_noise, model_identity, pooled_embeddings
+from ...training.model_identity import model_identity
+from .identity import check_same_model, fixed_merge_noise, pooled_embeddings
 
 INDEX_FORMAT = "hbi-video-index"
 INDEX_VERSION = 1

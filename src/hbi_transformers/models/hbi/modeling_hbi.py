@@ -247,7 +247,9 @@ class HBIModel(HBIPreTrainedModel):
             raise ValueError(
                 f"attention_mask {tuple(attention_mask.shape)} does not match input_ids {tuple(input_ids.shape)}"
             )
-        _raise_on_empty_items(attention_mask, "text", "attention_mask")
+        _check_mask(attention_mask, "text", "attention_mask")
+        # Padding positions read as the official padding id 0, whatever the caller put there.
+        input_ids = input_ids * attention_mask.to(input_ids.dtype)
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return HBITextOutput(text_embeds=self.text_projection(hidden), attention_mask=attention_mask)
 
@@ -268,7 +270,10 @@ class HBIModel(HBIPreTrainedModel):
                 f"video_mask {tuple(video_mask.shape)} does not match the [batch, frames] = "
                 f"{(batch_size, num_frames)} of pixel_values_videos"
             )
-        _raise_on_empty_items(video_mask, "video", "video_mask")
+        _check_mask(video_mask, "video", "video_mask")
+        # Padding frames are the official zero images whatever their pixels, so they cannot
+        # change any output (their features still take part where the official code lets them).
+        pixel_values_videos = pixel_values_videos * video_mask[:, :, None, None, None].to(pixel_values_videos.dtype)
         pixel_values = pixel_values_videos.flatten(0, 1).to(self.visual_projection.weight.dtype)
         frames = self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
         frames = frames.view(batch_size, num_frames, -1)
@@ -542,7 +547,15 @@ class HBIModel(HBIPreTrainedModel):
             temporal_layer.load_state_dict(text_layer.state_dict())
 
 
-def _raise_on_empty_items(mask: torch.Tensor, kind: str, mask_name: str) -> None:
+def _check_mask(mask: torch.Tensor, kind: str, mask_name: str) -> None:
+    """A clear error for a batch of no items, a mask that is not 0/1, or an item with no token.
+    The value checks read the data, so they run in eager mode only (compiled graphs stay whole)."""
+    if mask.shape[0] == 0:
+        raise ValueError(f"{mask_name} holds no {kind}: the batch is empty")
+    if torch.compiler.is_compiling():
+        return
+    if ((mask != 0) & (mask != 1)).any():
+        raise ValueError(f"{mask_name} must hold only 0 and 1, got values {sorted(mask.unique().tolist())}")
     empty = (mask.sum(dim=-1) == 0).nonzero().flatten().tolist()
     if empty:
         raise ValueError(f"{mask_name} is all zeros for {kind} item(s) {empty}: every {kind} needs at least one token")
