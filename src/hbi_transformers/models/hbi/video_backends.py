@@ -49,7 +49,7 @@ class Unreadable(Exception):
 
 
 @cache
-def importable(module: str) -> bool:
+def _importable(module: str) -> bool:
     try:
         importlib.import_module(module)
     except (ImportError, OSError, RuntimeError):  # torchcodec installs but fails to load without FFmpeg
@@ -59,7 +59,7 @@ def importable(module: str) -> bool:
 
 def available_backends() -> list[str]:
     """Installed backends that load, in order of preference: `backend="auto"` uses the first."""
-    return [name for name in BACKEND_PREFERENCE if importable(_BACKEND_MODULES[name])]
+    return [name for name in BACKEND_PREFERENCE if _importable(_BACKEND_MODULES[name])]
 
 
 def open_video(backend: str, source: str | bytes):
@@ -69,10 +69,10 @@ def open_video(backend: str, source: str | bytes):
     for marker, kind in _REFERENCE_MARKERS.items():
         if text.startswith(marker):
             raise Unreadable(f"it is {kind}, which would make the decoder open other files or URLs")
-    return _BACKENDS[backend](source, container_kind(head))
+    return _BACKENDS[backend](source, _container_kind(head))
 
 
-def container_kind(head: bytes) -> str | None:
+def _container_kind(head: bytes) -> str | None:
     """"mp4" (ISO media: MP4, MOV, 3GP), "matroska" (MKV, WebM) or "avi" when the first bytes of
     a file say so unambiguously (each scores highest in FFmpeg's probe), else None."""
     if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide"):
@@ -128,7 +128,9 @@ class _PyAVVideo:
     (benchmarks/bench_video_io.py).
     Streams without timestamps (raw .h264 / .m4v), and MPEG-TS whose seeks land past their
     target, are decoded from the start, frames counted in the order they come out.
-    Frames are turned upright by the rotation of their display matrix.
+    A cut file shows by fewer packets than the header's frame count or, in Matroska (which has no
+    frame count), by streams that end before the header's duration. Frames are turned upright by
+    the rotation of their display matrix.
     """
 
     def __init__(self, source: str | bytes, kind: str | None):
@@ -191,7 +193,9 @@ class _PyAVVideo:
         declared = self._container.duration / 1e6
         present = end - (self._container.start_time or 0) / 1e6
         if declared - present > max(_TRUNCATION_SLACK_S, 2 / self.fps if self.fps else 0):
-            raise Unreadable(f"truncated: its streams end at {present:.2f} s of the {declared:.2f} s its header declares")
+            raise Unreadable(
+                f"truncated: its streams end at {present:.2f} s of the {declared:.2f} s its header declares"
+            )
 
     def _index_packets(self, packets: list[tuple[int, bool]]) -> None:
         self._pts = [pts for pts, _ in packets]
@@ -267,14 +271,15 @@ def _pyav_demuxers() -> str:
     """FFmpeg's format whitelist: every format PyAV knows but those opening what their input names."""
     import av
 
-    return ",".join(sorted(name for name in av.formats_available if not set(name.split(",")) & _REFERENCING_DEMUXERS))
+    names = (name for name in av.formats_available if not set(name.split(",")) & _REFERENCING_DEMUXERS)
+    return ",".join(sorted(names))
 
 
 def _checked_by_pyav(source: str | bytes, kind: str, turns: bool) -> int:
     """For backends that stop quietly at the end of a cut file: PyAV, when installed, checks that
     the file is whole (frame count, or Matroska's duration) and, if asked, returns the quarter
     turns of its first frame (0 otherwise, and without PyAV)."""
-    if not importable("av"):
+    if not _importable("av"):
         return 0
     probe = _PyAVVideo(source, kind)
     try:
