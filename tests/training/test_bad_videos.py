@@ -3,6 +3,7 @@ batches around it, with and without DataLoader workers, streamed or not, and aft
 bad clip is counted once per run and the limit on their share holds for the whole run."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +155,51 @@ def test_a_run_that_trains_nothing_fails(corpus, tmp_path):
     trainer = make_trainer(corpus, tmp_path, annotations=annotations, max_bad_fraction=1.0)
     with pytest.raises(RuntimeError, match="no batch could be trained: 8 of 8 videos skipped"):
         trainer.train()
+
+
+def distributed_worker(rank, port, root, annotations, scratch, result_dir):
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    (Path(scratch) / f"tokenizer{rank}").mkdir()
+    processor, text_config = tiny_processor(Path(scratch) / f"tokenizer{rank}", max_frames=2)
+    corpus = (Path(root), Path(annotations), processor, text_config)
+    trainer = make_trainer(corpus, Path(result_dir) / "run", ddp_backend="gloo")
+    trainer.train()
+    counter = trainer.video_counter
+    result = {"trained": trainer.trained_batches, "skipped": trainer.skipped_batches, "seen": counter.seen_items,
+              "bad": sorted(item.name.rsplit("/", 1)[-1] for item in counter.bad_items),
+              "clips": trainer.trained_clips, "steps": trainer.state.global_step}
+    torch.save(result, Path(result_dir) / f"rank{rank}.pt")
+    # Neither process may leave while the other still talks to it.
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_two_processes_skip_together_and_count_every_failure(corpus, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    root, annotations = corpus[:2]
+    (tmp_path / "scratch").mkdir()
+    mp.spawn(distributed_worker, args=(port, str(root), str(annotations), str(tmp_path / "scratch"), str(tmp_path)),
+             nprocs=2, join=True)
+    results = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(2)]
+    # Batches go to the processes in turn: rank 0's second batch is the all-bad one, and rank 1
+    # skips its own (good) batch of that step too, so that both stay in step.
+    assert [result["steps"] for result in results] == [5, 5]
+    assert [(result["trained"], result["skipped"]) for result in results] == [(4, 1), (4, 1)]
+    for result in results:
+        # Every process counted every clip tried anywhere, each failure once.
+        assert result["bad"] == sorted(f"missing{row}.mp4" for row in range(8, 12))
+        assert result["seen"] == NUM_ROWS
+    trained = results[0]["clips"] + results[1]["clips"]
+    assert len(set(trained)) == NUM_ROWS - 2 * BATCH_SIZE
