@@ -1,10 +1,21 @@
 """Command-line options shared by several commands, as dataclasses for `HfArgumentParser`. Each
 command combines only the ones it uses, so that its `--help` lists only its own options."""
 
-from dataclasses import dataclass, field
+import argparse
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from transformers import HfArgumentParser
 
 from ..models.hbi import HBIProcessor
+from ..training.recipes import RECIPES, Recipe, per_process_batch_size
 from .loading import frame_sampling_for, load_processor
+
+logger = logging.getLogger(__name__)
+RECIPE_FILE = "recipe.json"
 
 
 @dataclass
@@ -63,6 +74,7 @@ class CorpusArguments:
         default=None, metadata={"help": "fps or per_second; None: per_second for activitynet / didemo, else fps."}
     )
     max_bad_fraction: float = field(default=0.05, metadata={"help": "Largest tolerated share of bad videos."})
+    msrvtt_train_split: str = field(default="9k", metadata={"help": "msrvtt: the 9k (official) or 7k training split."})
 
     def processor(self, model_args: ModelArguments, image_size: int) -> HBIProcessor:
         """The model folder's processor, or one built from these options."""
@@ -98,3 +110,41 @@ class LabelCorpusArguments(CorpusArguments):
     train_annotations: str | None = field(
         default=None, metadata={"help": "generic: the annotations of the pairs to label."}
     )
+
+
+def parse_with_recipe(parser: HfArgumentParser, argv: list[str] | None) -> tuple[tuple, Recipe | None]:
+    """Parses `argv` into the parser's dataclasses after making the values of `--recipe NAME` (a
+    published run, see `hbi_transformers.training.recipes`) their defaults: options given
+    explicitly override them. A recipe's global batch is split over the processes of the run."""
+    parser.add_argument(
+        "--recipe", choices=sorted(RECIPES), default=None,
+        help="A published run: sets every value of its official command (data, model and training "
+             "options), which explicit options override.",
+    )
+    # The recipe is read first: its values must be defaults before the real parse.
+    first_pass = argparse.ArgumentParser(add_help=False)
+    first_pass.add_argument("--recipe", choices=sorted(RECIPES), default=None)
+    recipe_name = first_pass.parse_known_args(argv)[0].recipe
+    recipe = RECIPES[recipe_name] if recipe_name else None
+    if recipe is not None:
+        destinations = {action.dest for action in parser._actions}
+        defaults = {name: value for name, value in recipe.values.items() if name in destinations}
+        if "per_device_train_batch_size" in destinations:
+            defaults["per_device_train_batch_size"] = per_process_batch_size(recipe, int(os.environ.get("WORLD_SIZE", 1)))
+        parser.set_defaults(**defaults)
+    *dataclasses, _ = parser.parse_args_into_dataclasses(args=argv)
+    return tuple(dataclasses), recipe
+
+
+def save_resolved_options(output_dir: str, recipe: Recipe | None, *dataclasses) -> None:
+    """Logs and writes `recipe.json` in `output_dir`: the recipe and every option's resolved value."""
+    resolved = {"recipe": None if recipe is None else recipe.name,
+                "recipe_source": None if recipe is None else recipe.source}
+    for options in dataclasses:
+        values = options.to_dict() if hasattr(options, "to_dict") else asdict(options)
+        resolved.update({key: value for key, value in values.items() if not key.startswith("_")})
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    text = json.dumps(resolved, indent=2, default=str)
+    Path(output_dir, RECIPE_FILE).write_text(text)
+    if recipe is not None:
+        logger.warning(f"recipe {recipe.name} ({recipe.source}); resolved options in {Path(output_dir, RECIPE_FILE)}")

@@ -5,6 +5,8 @@ import argparse
 
 from ..models.hbi.configuration_hbi import TEMPORAL_MODULES
 from ..models.hbi.convert_hbi_original_to_hf import convert_checkpoint
+from ..training.recipes import RECIPES
+from .loading import load_processor
 
 
 def run(argv: list[str] | None = None):
@@ -24,6 +26,12 @@ def run(argv: list[str] | None = None):
     parser.add_argument(
         "--answers", help="video QA checkpoint: its answer vocabulary (train_ans2label.json), which sets id2label"
     )
+    parser.add_argument(
+        "--recipe", choices=sorted(RECIPES),
+        help="the published run the checkpoint comes from: saves a processor with its words, frames and "
+             "sampling (needs --tokenizer), so that evaluating the folder needs no data flags",
+    )
+    parser.add_argument("--tokenizer", help="CLIP tokenizer folder, for the processor saved with --recipe")
     hyper = parser.add_argument_group(
         "HBI hyper-parameters",
         "Not stored in the weights; when left out, the official defaults of HBIConfig apply (for a video QA "
@@ -54,7 +62,21 @@ def run(argv: list[str] | None = None):
     hyper.add_argument("--qa-distillation-kl-weight", type=float, default=unset, help="video QA: kl of the answer logits")
     args = vars(parser.parse_args(argv))
     checkpoint, output, estimator = args.pop("checkpoint"), args.pop("output"), args.pop("estimator")
-    return convert_checkpoint(checkpoint, output, estimator, report=print, answers=args.pop("answers"), **args)
+    recipe, tokenizer = args.pop("recipe"), args.pop("tokenizer")
+    if recipe is not None and tokenizer is None:
+        parser.error("--recipe saves a processor, which needs the CLIP tokenizer: give --tokenizer")
+    model = convert_checkpoint(checkpoint, output, estimator, report=print, answers=args.pop("answers"), **args)
+    if recipe is not None:
+        settings = RECIPES[recipe].values
+        processor = load_processor(
+            output, model.config.vision_config.image_size, tokenizer, max_words=settings["max_words"],
+            max_frames=settings["max_frames"], video_framerate=settings["video_framerate"],
+            frame_sampling=settings["frame_sampling"],
+        )
+        processor.save_pretrained(output)
+        print(f"Saved the {recipe} processor: {settings['max_words']} words, {settings['max_frames']} frames, "
+              f"{settings['frame_sampling']} sampling")
+    return model
 
 
 def main() -> None:

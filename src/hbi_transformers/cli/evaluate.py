@@ -8,7 +8,7 @@ from transformers import HfArgumentParser
 
 from ..data import HBIDataCollator
 from ..training import evaluate_retrieval, format_metrics_table
-from .arguments import EvaluationCorpusArguments, RetrievalModelArguments
+from .arguments import EvaluationCorpusArguments, RetrievalModelArguments, parse_with_recipe
 from .loading import default_device, load_corpus, load_model
 
 DESCRIPTION = (
@@ -32,7 +32,7 @@ def run(argv: list[str] | None = None) -> dict:
         (RetrievalModelArguments, EvaluationCorpusArguments, EvaluationArguments), prog="hbi-evaluate",
         description=DESCRIPTION,
     )
-    model_args, corpus_args, eval_args = parser.parse_args_into_dataclasses(args=argv)
+    (model_args, corpus_args, eval_args), _ = parse_with_recipe(parser, argv)
     overrides = {} if model_args.level_weights is None else {"level_weights": model_args.level_weights}
     model = load_model(model_args.model_name_or_path, **overrides)
     processor = corpus_args.processor(model_args, model.config.vision_config.image_size)

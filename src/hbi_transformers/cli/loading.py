@@ -139,6 +139,7 @@ def load_corpus(
     video_root: str | None = None,
     streaming: bool = False,
     max_bad_fraction: float = 1.0,
+    msrvtt_train_split: str = "9k",
 ):
     """Records (or a streamed dataset) of one split, "train" or "eval": of an official dataset
     (`dataset` msrvtt, activitynet or didemo, from `annotations_dir`), or for "generic" of
@@ -150,7 +151,8 @@ def load_corpus(
         if annotations_dir is None or video_root is None:
             raise ValueError(f"--dataset {dataset} needs --annotations_dir and --video_root")
         official_split = "train" if split == "train" else OFFICIAL_EVAL_SPLIT[dataset]
-        corpus = OFFICIAL_DATASETS[dataset](official_split, annotations_dir, video_root, report=report)
+        options = {"train_split": msrvtt_train_split} if dataset == "msrvtt" else {}
+        corpus = OFFICIAL_DATASETS[dataset](official_split, annotations_dir, video_root, report=report, **options)
     elif dataset != "generic":
         raise ValueError(f"unknown --dataset {dataset!r}: generic, {', '.join(OFFICIAL_DATASETS)}")
     elif annotations is None:

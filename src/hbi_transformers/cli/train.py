@@ -10,7 +10,7 @@ from ..data import HBIDataCollator
 from ..hub.model_card import write_model_card
 from ..training import HBITrainer, HBITrainingArguments, format_metrics_table
 from . import demo
-from .arguments import TrainingCorpusArguments, TrainingModelArguments
+from .arguments import TrainingCorpusArguments, TrainingModelArguments, parse_with_recipe, save_resolved_options
 from .loading import load_corpus, load_model, write_metrics
 
 DESCRIPTION = (
@@ -30,15 +30,18 @@ def run(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser(
         (TrainingModelArguments, TrainingCorpusArguments, HBITrainingArguments), prog="hbi-train", description=DESCRIPTION
     )
-    model_args, corpus_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    (model_args, corpus_args, training_args), recipe = parse_with_recipe(parser, argv)
     logging.set_verbosity_info() if training_args.should_log else logging.set_verbosity_warning()
 
     # Before the model exists: --seed covers the initialisation of its fresh heads.
     set_seed(training_args.seed)
     model = load_model(model_args.model_name_or_path, model_args.estimator, **model_args.config_overrides())
     processor = corpus_args.processor(model_args, model.config.vision_config.image_size)
+    if training_args.should_save:
+        save_resolved_options(training_args.output_dir, recipe, model_args, corpus_args, training_args)
     corpus_options = dict(annotations_dir=corpus_args.annotations_dir, video_root=corpus_args.video_root,
-                          max_bad_fraction=corpus_args.max_bad_fraction)
+                          max_bad_fraction=corpus_args.max_bad_fraction,
+                          msrvtt_train_split=corpus_args.msrvtt_train_split)
     train_corpus = load_corpus(corpus_args.dataset, "train", corpus_args.train_annotations,
                                streaming=corpus_args.streaming, **corpus_options)
     eval_corpus = load_corpus(corpus_args.dataset, "eval", corpus_args.eval_annotations, **corpus_options)

@@ -15,7 +15,7 @@ from transformers.utils import logging
 from ..data import HBIDataCollator, VideoTextRecord, iter_rows_with_records, load_video_text_dataset
 from ..training import HBITrainer, VideoQAEvaluator, VideoQATrainingArguments, format_qa_table
 from ..training.metrics.video_qa import question_type
-from .arguments import ModelArguments
+from .arguments import ModelArguments, parse_with_recipe, save_resolved_options
 from .loading import load_processor, load_qa_model, write_metrics
 
 logger = logging.get_logger(__name__)
@@ -92,13 +92,15 @@ def run(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser(
         (QAModelArguments, QADataArguments, VideoQATrainingArguments), prog="hbi-train-qa", description=DESCRIPTION
     )
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    (model_args, data_args, training_args), recipe = parse_with_recipe(parser, argv)
     logging.set_verbosity_info() if training_args.should_log else logging.set_verbosity_warning()
     if data_args.train_annotations is None and data_args.eval_annotations is None:
         raise ValueError("nothing to do: give --train_annotations and / or --eval_annotations")
 
     # Before the model exists: --seed covers the initialisation of its fresh heads.
     set_seed(training_args.seed)
+    if training_args.should_save:
+        save_resolved_options(training_args.output_dir, recipe, model_args, data_args, training_args)
     model = load_qa_model(model_args.model_name_or_path, model_args.answers, model_args.estimator,
                           **model_args.config_overrides())
     processor = load_processor(

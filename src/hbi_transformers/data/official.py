@@ -34,11 +34,13 @@ def read_msrvtt(
     video_root: str | os.PathLike,
     *,
     report: AnnotationReport | None = None,
+    train_split: str = "9k",
 ) -> list[VideoTextRecord]:
     """MSR-VTT retrieval with the official splits.
 
     "train": every caption in `MSRVTT_data.json` of the 9k videos listed in `MSRVTT_train.9k.csv`
-    (about 180k pairs), in the JSON's order. "test" (or "val", the same, as officially): the 1k
+    (about 180k pairs), in the JSON's order; with `train_split="7k"`, of the videos of
+    `MSRVTT_train.7k.csv`. "test" (or "val", the same, as officially): the 1k
     pairs of `MSRVTT_JSFUSION_test.csv`. Videos are `<video_root>/<video_id>.mp4`.
     """
     annotations_dir, video_root = os.fspath(annotations_dir), os.fspath(video_root)
@@ -48,7 +50,10 @@ def read_msrvtt(
         return VideoTextRecord(video=os.path.join(video_root, f"{video_id}.mp4"), caption=caption, video_id=video_id)
 
     if split == "train":
-        train_ids = {row["video_id"] for _, row in _csv_rows(os.path.join(annotations_dir, "MSRVTT_train.9k.csv"))}
+        if train_split not in ("9k", "7k"):
+            raise ValueError(f"MSR-VTT training splits are '9k' and '7k', not {train_split!r}")
+        train_list = os.path.join(annotations_dir, f"MSRVTT_train.{train_split}.csv")
+        train_ids = {row["video_id"] for _, row in _csv_rows(train_list)}
         path = os.path.join(annotations_dir, "MSRVTT_data.json")
         start, records = _report_mark(report), []
         for index, item in enumerate(_read_json(path)["sentences"]):

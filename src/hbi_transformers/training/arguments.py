@@ -44,7 +44,24 @@ class HBITrainingArguments(TrainingArguments):
     eval_chunk_size: int = field(default=256, metadata={"help": "Texts x videos per scoring block at evaluation."})
     eval_dual_softmax: bool = field(default=False, metadata={"help": "Also report dual-softmax re-ranked metrics."})
 
+    # What the official selection keeps the best of.
+    selection_metric = "t2v_R@1"
+    official_selection: bool = field(
+        default=False,
+        metadata={"help": "The official model selection: evaluate on the evaluation split every "
+                  "--official_selection_steps steps and keep the checkpoint of best t2v R@1 (QA: accuracy) (the published numbers "
+                  "carry this selection on the test split). Off: the final model, the cleaner protocol."},
+    )
+    official_selection_steps: int = field(default=150, metadata={"help": "Steps between evaluations (official 150)."})
+
     def __post_init__(self):
+        if self.official_selection:
+            # The Trainer's own best-model machinery: evaluate and save in step, keep the best.
+            self.eval_strategy = self.save_strategy = "steps"
+            self.eval_steps = self.save_steps = self.official_selection_steps
+            self.load_best_model_at_end = True
+            self.metric_for_best_model = self.selection_metric
+            self.greater_is_better = True
         super().__post_init__()
         if self.hbi_optimizer not in HBI_OPTIMIZERS:
             raise ValueError(f"hbi_optimizer must be one of {HBI_OPTIMIZERS}, got {self.hbi_optimizer!r}")
@@ -54,6 +71,8 @@ class HBITrainingArguments(TrainingArguments):
 class VideoQATrainingArguments(HBITrainingArguments):
     """`HBITrainingArguments` with the official MSRVTT-QA recipe (`main_vqa.py` and the README
     command: 5 epochs, batch 32, lr 1e-4, coef_lr 1e-3, `--freeze_layer_num 0`)."""
+
+    selection_metric = "accuracy"
 
     schedule_epochs: float | None = field(
         default=None,

@@ -8,11 +8,11 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_batch
+from conftest import make_batch, tiny_processor
 from torch import nn
 from transformers import AutoModel
 
-from hbi_transformers import HBIModel
+from hbi_transformers import HBIModel, HBIProcessor
 from hbi_transformers.models.hbi.convert_hbi_original_to_hf import (
     config_from_official_state_dict,
     convert_checkpoint,
@@ -501,3 +501,17 @@ def test_safetensors_checkpoint(tmp_path):
     save_file(clip, tmp_path / "clip.safetensors")
     loaded = load_official_checkpoint(tmp_path / "clip.safetensors")
     assert loaded.keys() == clip.keys() and all(torch.equal(loaded[key], clip[key]) for key in clip)
+
+
+def test_a_converted_checkpoint_gets_its_runs_processor(tmp_path):
+    checkpoint, output = tmp_path / "pytorch_model.bin.4", tmp_path / "hbi-activitynet"
+    torch.save(official_hbi_state_dict(), checkpoint)
+    processor, _ = tiny_processor(tmp_path)
+    processor.tokenizer.save_pretrained(tmp_path / "tokenizer")
+    with pytest.raises(SystemExit):
+        convert_command(["--checkpoint", str(checkpoint), "--output", str(output), "--recipe", "activitynet"])
+    convert_command(["--checkpoint", str(checkpoint), "--output", str(tmp_path / "converted"), "--recipe",
+                     "activitynet", "--tokenizer", str(tmp_path / "tokenizer")])
+    saved = HBIProcessor.from_pretrained(tmp_path / "converted")
+    assert saved.max_words == 64 and saved.video_processor.max_frames == 64
+    assert saved.video_processor.frame_sampling == "per_second"
