@@ -167,6 +167,10 @@ def test_estimator_command_line(corpus, tmp_path):
     assert (output_dir / "estimator-epoch2.safetensors").exists()
     teacher = HBIModel.from_pretrained(model_dir, banzhaf_estimator_width=8).banzhaf_teacher
     teacher.load_state_dict(load_estimator_state_dict(output_dir / "banzhaf_estimator.safetensors"))
+    # The released file is the release epoch's (6 officially; the last here, 2 epochs being shorter).
+    released, last = (load_estimator_state_dict(output_dir / name)
+                      for name in ("banzhaf_estimator.safetensors", "estimator-epoch2.safetensors"))
+    assert all(torch.equal(released[key], last[key]) for key in last)
     # A second run reuses the cached labels; one with another model or other settings refuses them.
     assert len(train_estimator_command(arguments)) == 2
     with pytest.raises(ValueError, match="made with other num samples than this run"):

@@ -25,8 +25,8 @@ from .loading import default_device, load_corpus, load_model
 DESCRIPTION = (
     "Pre-train a Banzhaf interaction estimator on the entity-level maps of a frozen HBI model: label every "
     "matched pair of the corpus once with Monte Carlo Banzhaf interactions (cached), train the estimator with "
-    "the official recipe, report the held-out MSE, and save every epoch and banzhaf_estimator.safetensors "
-    "(give it to hbi-train with --estimator)."
+    "the official recipe, report the held-out MSE, and save every epoch, and the official release's epoch as "
+    "banzhaf_estimator.safetensors (give it to hbi-train with --estimator)."
 )
 
 
@@ -44,6 +44,12 @@ class EstimatorArguments:
     heldout_fraction: float = field(default=0.05, metadata={"help": "Share of pairs kept for the held-out MSE."})
     seed: int = field(default=0, metadata={"help": "Seeds the labels' coalitions and the data order."})
     estimator_width: int = field(default=64, metadata={"help": "Channels of the estimator (official 64)."})
+    release_epoch: int = field(
+        default=6,
+        metadata={"help": "The epoch saved as banzhaf_estimator.safetensors: the official teacher is epoch 6 (with "
+                  "the fixed 5-epoch cosine horizon, epoch 10 ends at the peak learning rate again); the last "
+                  "epoch when training is shorter."},
+    )
 
 
 def run(argv: list[str] | None = None) -> list[dict]:
@@ -80,8 +86,12 @@ def run(argv: list[str] | None = None) -> list[dict]:
     estimator = BanzhafEstimator(args.estimator_width)
     output_dir.mkdir(parents=True, exist_ok=True)
 
+    release = min(args.release_epoch, args.epochs)
+
     def save_epoch(record):
         save_estimator(estimator, output_dir / f"estimator-epoch{record.epoch}.safetensors")
+        if record.epoch == release:
+            save_estimator(estimator, output_dir / "banzhaf_estimator.safetensors")
         print(f"epoch {record.epoch}: train MSE {record.train_mse:.4f}, held-out MSE {record.heldout_mse:.4f} "
               f"(predicting the mean: {record.mean_baseline_mse:.4f})")
 
@@ -89,7 +99,6 @@ def run(argv: list[str] | None = None) -> list[dict]:
         estimator, train_part, heldout_part, learning_rate=args.learning_rate, epochs=args.epochs,
         batch_size=args.batch_size, seed=args.seed, on_epoch_end=save_epoch,
     )
-    save_estimator(estimator, output_dir / "banzhaf_estimator.safetensors")
     records = [asdict(record) for record in history]
     (output_dir / "history.json").write_text(json.dumps(records, indent=2))
     return records
