@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from transformers.utils import logging
 
 from ..models.hbi.processing_hbi import clean_caption
+from .bad_items import skipped_summary
 from .records import VIDEO_EXTENSIONS, VideoTextRecord, _encoded_video, _strip_video_extension
 
 logger = logging.get_logger(__name__)
@@ -65,12 +66,7 @@ class AnnotationReport:
 
 
 def _summary(captions: int, skipped: list[SkippedAnnotation], max_listed: int = 10) -> str:
-    summary = f"{len(skipped)} of {captions} captions skipped"
-    if not skipped:
-        return summary
-    listed = ", ".join(f"{item.location} ({item.reason})" for item in skipped[:max_listed])
-    more = len(skipped) - max_listed
-    return f"{summary}: {listed}" + (f" and {more} more" if more > 0 else "")
+    return skipped_summary("captions", captions, [(item.location, item.reason) for item in skipped], max_listed)
 
 
 def _log_summary(source: str, report: AnnotationReport, start: tuple[int, int]) -> int:

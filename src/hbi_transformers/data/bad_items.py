@@ -89,10 +89,15 @@ class BadItemCounter:
     def report(self, max_listed: int = 10) -> str:
         """One line for the end of training or evaluation, e.g.
         "3 of 1200 videos skipped: a.mp4 (no such file), ..."."""
-        bad_items = self.bad_items
-        summary = f"{len(bad_items)} of {self.seen_items} videos skipped"
-        if not bad_items:
-            return summary
-        listed = ", ".join(f"{item.name} ({item.reason})" for item in bad_items[:max_listed])
-        more = len(bad_items) - max_listed
-        return f"{summary}: {listed}" + (f" and {more} more" if more > 0 else "")
+        return skipped_summary("videos", self.seen_items, [(item.name, item.reason) for item in self.bad_items],
+                               max_listed)
+
+
+def skipped_summary(what: str, total: int, skipped: list[tuple[str, str]], max_listed: int = 10) -> str:
+    """"3 of 1200 <what> skipped: <name> (<reason>), ... and 1 more", from `(name, reason)` pairs."""
+    summary = f"{len(skipped)} of {total} {what} skipped"
+    if not skipped:
+        return summary
+    listed = ", ".join(f"{name} ({reason})" for name, reason in skipped[:max_listed])
+    more = len(skipped) - max_listed
+    return f"{summary}: {listed}" + (f" and {more} more" if more > 0 else "")

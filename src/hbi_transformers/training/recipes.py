@@ -24,6 +24,8 @@ _RETRIEVAL = dict(
     learning_rate=1e-4, coef_lr=1e-3, weight_decay=0.2, warmup_ratio=0.1, schedule_epochs=5.0,
     video_framerate=1.0, distillation_kl_weight=2.0, banzhaf_kl_weight=1.0,
 )
+_MSRVTT = dict(_RETRIEVAL, dataset="msrvtt", num_train_epochs=5.0, max_words=24, max_frames=12, frame_sampling="fps",
+               augment=True)
 _PARAGRAPHS = dict(max_words=64, max_frames=64, frame_sampling="per_second", augment=False)
 
 RECIPES = {
@@ -33,15 +35,13 @@ RECIPES = {
             "msrvtt", "README 'Train on MSR-VTT-9k': 2 GPUs, --epochs 5 --lr 1e-4 --coef_lr 1e-3 --batch_size 128 "
             "--max_words 24 --max_frames 12 --video_framerate 1 --kl 2 --skl 1",
             OFFICIAL_RETRIEVAL_BATCH,
-            dict(_RETRIEVAL, dataset="msrvtt", msrvtt_train_split="9k", num_train_epochs=5.0, max_words=24,
-                 max_frames=12, frame_sampling="fps", augment=True),
+            dict(_MSRVTT, msrvtt_train_split="9k"),
         ),
         Recipe(
             "msrvtt-7k", "as 'msrvtt' (the official loaders read MSRVTT_train.9k.csv only), training on the 7k "
             "split of MSRVTT_train.7k.csv",
             OFFICIAL_RETRIEVAL_BATCH,
-            dict(_RETRIEVAL, dataset="msrvtt", msrvtt_train_split="7k", num_train_epochs=5.0, max_words=24,
-                 max_frames=12, frame_sampling="fps", augment=True),
+            dict(_MSRVTT, msrvtt_train_split="7k"),
         ),
         Recipe(
             "activitynet", "README 'Train on ActivityNet Captions': 8 GPUs, --epochs 10 --lr 1e-4 --coef_lr 1e-3 "
