@@ -10,6 +10,7 @@ from functools import cache
 
 import numpy as np
 import torch
+from torchvision.transforms.v2 import functional as tvF
 from transformers import BatchFeature
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 from transformers.processing_utils import VideosKwargs
@@ -150,6 +151,11 @@ class HBIVideoProcessor(BaseVideoProcessor):
         if return_metadata:
             features["video_metadata"] = metadata
         return features
+
+    def center_crop(self, video: torch.Tensor, size, **kwargs) -> torch.Tensor:
+        # The official pipeline crops with torchvision's CenterCrop, which rounds an odd margin's half
+        # to even; transformers' crop floors it, one pixel off when the margin is 3 modulo 4.
+        return tvF.center_crop(video, [size.height, size.width])
 
     @staticmethod
     def _as_list(videos) -> list:
