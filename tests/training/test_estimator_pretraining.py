@@ -8,9 +8,11 @@ from hbi_transformers.data import HBIDataCollator, VideoTextRecord
 from hbi_transformers.models.hbi.banzhaf_estimator import BanzhafEstimator
 from hbi_transformers.training.banzhaf_labels import exact_banzhaf_interaction, monte_carlo_banzhaf_interaction
 from hbi_transformers.models.hbi.convert_hbi_original_to_hf import load_estimator_state_dict
+from hbi_transformers.training import estimator_pretraining
 from hbi_transformers.training.estimator_pretraining import (
     LabelShardDataset,
     entity_similarity_maps,
+    estimator_parameter_groups,
     save_estimator,
     train_estimator,
     write_label_shards,
@@ -122,3 +124,39 @@ def test_saved_and_official_estimators_load(tmp_path):
         model.banzhaf_teacher.load_state_dict(state_dict)
         for key, value in estimator.state_dict().items():
             assert torch.equal(model.banzhaf_teacher.state_dict()[key], value), key
+
+
+def test_estimator_groups_exempt_biases_from_decay():
+    """The official estimator script's groups: no decay for names containing bias, LayerNorm.bias or
+    LayerNorm.weight (a BanzhafEstimator has only its convolutions' biases among them)."""
+
+    def named_groups(module):
+        names = {id(parameter): name for name, parameter in module.named_parameters()}
+        return [({names[id(p)] for p in group["params"]}, group["weight_decay"])
+                for group in estimator_parameter_groups(module, 0.2)]
+
+    assert named_groups(BanzhafEstimator(8)) == [
+        ({"conv_in.weight", "query", "key", "value", "conv_out.weight"}, 0.2),
+        ({"conv_in.bias", "conv_out.bias"}, 0.0),
+    ]
+    with_norm = torch.nn.ModuleDict({"LayerNorm": torch.nn.LayerNorm(4), "dense": torch.nn.Linear(4, 4)})
+    with_norm["dense"].bias.requires_grad_(False)  # frozen parameters are left out
+    assert named_groups(with_norm) == [({"dense.weight"}, 0.2), ({"LayerNorm.weight", "LayerNorm.bias"}, 0.0)]
+
+
+def test_train_estimator_uses_the_estimator_groups(monkeypatch):
+    optimizers = []
+
+    class RecordingBertAdam(estimator_pretraining.BertAdam):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            optimizers.append(self)
+
+    monkeypatch.setattr(estimator_pretraining, "BertAdam", RecordingBertAdam)
+    estimator = BanzhafEstimator(8)
+    train_estimator(estimator, ExactLabels(pairs=8), epochs=1, batch_size=8)
+    decay = {id(p): group["weight_decay"] for group in optimizers[0].param_groups for p in group["params"]}
+    assert {name: decay[id(p)] for name, p in estimator.named_parameters()} == {
+        "conv_in.weight": 0.2, "conv_in.bias": 0.0, "query": 0.2, "key": 0.2, "value": 0.2,
+        "conv_out.weight": 0.2, "conv_out.bias": 0.0,
+    }

@@ -6,7 +6,8 @@ heads) stays frozen and gives, for every matched text-video pair, its entity-lev
 similarity map and token weights; Monte Carlo Banzhaf interaction labels (100 samples, official
 semantics) are computed from them once and cached as safetensors shards; the estimator then
 learns to predict the labels from the map (MSE against the masked prediction), with the official
-optimiser (BertAdam, lr 1e-2, weight decay 0.2, 10% warm-up then cosine over 5 epochs).
+optimiser (BertAdam, lr 1e-2, weight decay 0.2 except on biases, 10% warm-up then cosine over 5
+epochs).
 
 The saved file holds a `BanzhafEstimator` state dict; an HBI model takes it as its teacher with
 `model.banzhaf_teacher.load_state_dict(load_estimator_state_dict(path))` (from the model's
@@ -36,6 +37,9 @@ SHARD_KEYS = ("similarity_map", "text_mask", "video_mask", "labels")
 MANIFEST = "labels.json"
 # Video processing settings that change the maps a cache holds.
 LABEL_VIDEO_SETTINGS = ("max_frames", "video_framerate", "frame_sampling", "size", "crop_size", "image_mean", "image_std")
+# Parameter names containing any of these skip weight decay in the official estimator script
+# (its retrieval script exempts only "bias": see `hbi_parameter_groups`).
+NO_DECAY_NAMES = ("bias", "LayerNorm.bias", "LayerNorm.weight")
 
 
 def label_cache_key(model: HBIModel, collator: HBIDataCollator, num_samples: int, seed: int) -> dict:
@@ -208,6 +212,17 @@ def heldout_mse(estimator: BanzhafEstimator, loader, label_mean: float) -> tuple
     return squared_error / cells, baseline_error / cells
 
 
+def estimator_parameter_groups(estimator: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The official estimator groups: `weight_decay` for every trainable parameter but those
+    named in `NO_DECAY_NAMES` (the convolutions' biases of a `BanzhafEstimator`), 0 for those."""
+    decayed, exempt = [], []
+    for name, parameter in estimator.named_parameters():
+        if parameter.requires_grad:
+            (exempt if any(part in name for part in NO_DECAY_NAMES) else decayed).append(parameter)
+    groups = [{"params": decayed, "weight_decay": weight_decay}, {"params": exempt, "weight_decay": 0.0}]
+    return [group for group in groups if group["params"]]
+
+
 def train_estimator(
     estimator: BanzhafEstimator,
     train_data: torch.utils.data.Dataset,
@@ -230,7 +245,7 @@ def train_estimator(
     heldout_loader = torch.utils.data.DataLoader(heldout_data or train_data, batch_size=batch_size)
     label_mean = real_cell_label_mean(train_loader)
 
-    optimizer = BertAdam(estimator.parameters(), lr=learning_rate, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+    optimizer = BertAdam(estimator_parameter_groups(estimator, weight_decay), lr=learning_rate, max_grad_norm=max_grad_norm)
     scheduler = warmup_cosine_schedule(optimizer, max(1, math.ceil(len(train_loader) * schedule_epochs)), warmup)
     history = []
     for epoch in range(1, epochs + 1):

@@ -162,6 +162,13 @@ class HBIPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
     _supports_sdpa = True
 
+    def _without_autocast(self):
+        """The region where everything after the CLIP projections runs: autocast off on the model's
+        device, so that under mixed precision the heads run in float32 as officially, where only
+        CLIP runs in reduced precision (docs/training.md#precision). Inputs must be cast to the
+        heads' dtype on entering it."""
+        return torch.autocast(self.device.type, enabled=False)
+
     def _init_weights(self, module):
         """The official initialisation of the HBI heads; the CLIP towers initialise themselves."""
         std = self.config.initializer_range
@@ -234,6 +241,12 @@ class HBIModel(HBIPreTrainedModel):
         self.banzhaf_teacher.requires_grad_(False)
         self.post_init()
 
+    @property
+    def head_dtype(self) -> torch.dtype:
+        """The dtype of the heads' weights: what the towers' outputs are cast to (float32 under
+        mixed precision, bfloat16 for a model loaded in bfloat16)."""
+        return self.levels[0].text_weight_head.fc_in.weight.dtype
+
     # ----------------------------------------------------------------------------------------
     # Encoders
     # ----------------------------------------------------------------------------------------
@@ -251,7 +264,9 @@ class HBIModel(HBIPreTrainedModel):
         # Padding positions read as the official padding id 0, whatever the caller put there.
         input_ids = input_ids * attention_mask.to(input_ids.dtype)
         hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return HBITextOutput(text_embeds=self.text_projection(hidden), attention_mask=attention_mask)
+        # The heads' precision from here on, as the official `.float()` after CLIP.
+        text_embeds = self.text_projection(hidden).to(self.head_dtype)
+        return HBITextOutput(text_embeds=text_embeds, attention_mask=attention_mask)
 
     def get_video_features(
         self, pixel_values_videos: torch.Tensor, video_mask: torch.Tensor | None = None
@@ -276,10 +291,11 @@ class HBIModel(HBIPreTrainedModel):
         pixel_values_videos = pixel_values_videos * video_mask[:, :, None, None, None].to(pixel_values_videos.dtype)
         pixel_values = pixel_values_videos.flatten(0, 1).to(self.visual_projection.weight.dtype)
         frames = self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
-        frames = frames.view(batch_size, num_frames, -1)
-        return HBIVideoOutput(
-            video_embeds=self.temporal(frames, video_mask), video_mask=video_mask, frame_embeds=frames
-        )
+        # The official temporal module is outside CLIP: it runs in float32 after CLIP's `.float()`.
+        frames = frames.view(batch_size, num_frames, -1).to(self.head_dtype)
+        with self._without_autocast():
+            video_embeds = self.temporal(frames, video_mask)
+        return HBIVideoOutput(video_embeds=video_embeds, video_mask=video_mask, frame_embeds=frames)
 
     # ----------------------------------------------------------------------------------------
     # Hierarchy and scores
@@ -305,18 +321,19 @@ class HBIModel(HBIPreTrainedModel):
         action and event `LevelTokens` (the first `num_levels`). Each level is merged from the one
         below; at each level the sides are merged in the order given, which fixes the order in
         which the clustering draws its noise (see docs/token_merging.md)."""
-        current = [(embeds, mask) for _, embeds, mask in sides]
+        current = [(embeds.to(self.head_dtype), mask) for _, embeds, mask in sides]
         walks = [[] for _ in sides]
-        for level in self.levels[:num_levels]:
-            for index, (kind, _, _) in enumerate(sides):
-                tokens, mask = current[index]
-                merge = getattr(level, f"{kind}_merge")
-                if merge is not None:
-                    # Merged tokens are never padding: levels above the entity level are unmasked.
-                    tokens, mask = merge(tokens, mask), None
-                current[index] = (tokens, mask)
-                weights = getattr(level, f"{kind}_weight_head")(tokens, mask)
-                walks[index].append(LevelTokens(l2_normalize(tokens), weights, mask, tokens))
+        with self._without_autocast():
+            for level in self.levels[:num_levels]:
+                for index, (kind, _, _) in enumerate(sides):
+                    tokens, mask = current[index]
+                    merge = getattr(level, f"{kind}_merge")
+                    if merge is not None:
+                        # Merged tokens are never padding: levels above the entity level are unmasked.
+                        tokens, mask = merge(tokens, mask), None
+                    current[index] = (tokens, mask)
+                    weights = getattr(level, f"{kind}_weight_head")(tokens, mask)
+                    walks[index].append(LevelTokens(l2_normalize(tokens), weights, mask, tokens))
         return walks
 
     def _grouped_levels(self, embeds, mask, side: str, group_size: int) -> list[LevelTokens]:
@@ -378,13 +395,14 @@ class HBIModel(HBIPreTrainedModel):
         """Scores texts against videos from their level tokens (`text_levels` / `video_levels`),
         in blocks of `chunk_size` x `chunk_size`: for galleries whose level tokens are stored,
         as a search index does, so that nothing is merged again."""
-        return self._scaled_similarity(
-            [
-                chunked_weighted_token_interaction(text, video, chunk_size)
-                for text, video in zip(text_levels, video_levels)
-            ],
-            in_place=True,
-        )
+        with self._without_autocast():
+            return self._scaled_similarity(
+                [
+                    chunked_weighted_token_interaction(text, video, chunk_size)
+                    for text, video in zip(text_levels, video_levels)
+                ],
+                in_place=True,
+            )
 
     # ----------------------------------------------------------------------------------------
     # Forward and loss
@@ -425,19 +443,20 @@ class HBIModel(HBIPreTrainedModel):
             text_embeds, text_mask, video_embeds, video_mask = (
                 gather_from_all_processes(tensor) for tensor in (text_embeds, text_mask, video_embeds, video_mask)
             )
-        text_levels = self.text_levels(text_embeds, text_mask)
-        video_levels = self.video_levels(video_embeds, video_mask)
-        level_similarities = [
-            weighted_token_interaction(text, video) for text, video in zip(text_levels, video_levels)
-        ]
-        similarity = self._scaled_similarity(level_similarities)
+        with self._without_autocast():
+            text_levels = self.text_levels(text_embeds, text_mask)
+            video_levels = self.video_levels(video_embeds, video_mask)
+            level_similarities = [
+                weighted_token_interaction(text, video) for text, video in zip(text_levels, video_levels)
+            ]
+            similarity = self._scaled_similarity(level_similarities)
 
-        loss = loss_terms = None
-        if return_loss:
-            targets = None
-            if self.config.same_video_positives and video_index is not None:
-                targets = same_video_targets(gather_from_all_processes(video_index))
-            loss, loss_terms = self.hbi_loss(level_similarities, text_levels, video_levels, targets)
+            loss = loss_terms = None
+            if return_loss:
+                targets = None
+                if self.config.same_video_positives and video_index is not None:
+                    targets = same_video_targets(gather_from_all_processes(video_index))
+                loss, loss_terms = self.hbi_loss(level_similarities, text_levels, video_levels, targets)
 
         return HBIOutput(
             loss=loss,

@@ -164,10 +164,11 @@ class HBIForVideoQuestionAnswering(HBIPreTrainedModel):
         """Answer logits of question i about video i from `get_text_features` /
         `get_video_features` outputs, so that evaluation can encode each video once and repeat its
         embeddings for each of its questions."""
-        text_levels, video_levels = self._walk(
-            text_outputs.text_embeds, text_outputs.attention_mask, video_outputs.video_embeds, video_outputs.video_mask
-        )
-        level_logits = self._answer_logits(text_levels, video_levels)
+        with self._without_autocast():
+            text_levels, video_levels = self._walk(
+                text_outputs.text_embeds, text_outputs.attention_mask, video_outputs.video_embeds, video_outputs.video_mask
+            )
+            level_logits = self._answer_logits(text_levels, video_levels)
         return HBIVideoQuestionAnsweringOutput(logits=self._weighted_logits(level_logits), level_logits=tuple(level_logits))
 
     def forward(
@@ -216,14 +217,17 @@ class HBIForVideoQuestionAnswering(HBIPreTrainedModel):
             )
             if video_index is not None:
                 video_index = gather_from_all_processes(video_index)
-        text_levels, video_levels = self._walk(text_embeds, text_mask, video_embeds, video_mask)
-        level_logits = self._answer_logits(text_levels, video_levels)
+        # Like the retrieval heads, the answer heads and the loss run in float32 under mixed precision.
+        with self._without_autocast():
+            text_levels, video_levels = self._walk(text_embeds, text_mask, video_embeds, video_mask)
+            level_logits = self._answer_logits(text_levels, video_levels)
 
-        loss = loss_terms = None
-        if return_loss:
-            loss, loss_terms = self.video_qa_loss(level_logits, labels, text_levels, video_levels, video_index)
+            loss = loss_terms = None
+            if return_loss:
+                loss, loss_terms = self.video_qa_loss(level_logits, labels, text_levels, video_levels, video_index)
+            logits = self._weighted_logits(level_logits)
         return HBIVideoQuestionAnsweringOutput(
-            loss=loss, logits=self._weighted_logits(level_logits), level_logits=tuple(level_logits), loss_terms=loss_terms
+            loss=loss, logits=logits, level_logits=tuple(level_logits), loss_terms=loss_terms
         )
 
     def video_qa_loss(

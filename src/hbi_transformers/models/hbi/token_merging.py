@@ -25,6 +25,9 @@ def cluster_tokens_dpc_knn(
     ties (seed torch's RNG for repeatable merges).
     """
     batch_size, num_tokens, dim = tokens.shape
+    # At least float32, whatever the tokens' precision: cdist has no bfloat16 kernel on CPU, and a
+    # 16-bit density could not hold the 1e-6 tie-breaking noise. Only indices leave this function.
+    tokens = tokens.to(torch.promote_types(tokens.dtype, torch.float32))
     distances = torch.cdist(tokens, tokens) / math.sqrt(dim)
     if token_mask is not None:
         valid = token_mask > 0

@@ -29,7 +29,8 @@ class TokenWeightHead(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.fc_out(self.activation(self.fc_in(tokens))).squeeze(-1)
         if mask is not None:
-            logits = logits.masked_fill(mask == 0, MASKED_WEIGHT_LOGIT)
+            # float16 cannot hold -9e15; its lowest value gives padding the same zero weight.
+            logits = logits.masked_fill(mask == 0, max(MASKED_WEIGHT_LOGIT, torch.finfo(logits.dtype).min))
         return torch.softmax(logits, dim=-1)
 
 
