@@ -1,4 +1,6 @@
+import io
 import os
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +136,16 @@ def write_mp4(path, frames, fps=10, lossless=False):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
+    return path
+
+
+def write_shard(path, samples):
+    """A webdataset tar: per key, its files in order (e.g. {"a.mp4": bytes, "a.txt": bytes})."""
+    with tarfile.open(path, "w") as archive:
+        for name, data in samples.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
     return path
 
 

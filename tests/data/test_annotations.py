@@ -1,16 +1,14 @@
 """Messy annotation files and shards: each problem is rejected at load or skipped and counted,
 with the file and line in the message, and webdataset keys repeated across shards stay distinct."""
 
-import io
 import json
 import logging
 import re
-import tarfile
 
 import pytest
 import torch
 
-from conftest import textured_frames, tiny_processor, write_mp4
+from conftest import textured_frames, tiny_processor, write_mp4, write_shard
 from hbi_transformers.data import (
     HBIDataCollator,
     iter_annotations,
@@ -204,15 +202,6 @@ def test_official_readers_check_their_files(tmp_path):
 
 # --------------------------------------------------------------------------------------------
 # Webdataset clip identity
-
-
-def write_shard(path, samples):
-    with tarfile.open(path, "w") as archive:
-        for name, data in samples.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return path
 
 
 def test_webdataset_keys_repeated_across_shards_stay_distinct_clips(tmp_path):

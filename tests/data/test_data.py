@@ -1,10 +1,8 @@
 """Corpus readers, `datasets` loading and the collator, on tiny mp4 clips written here with PyAV."""
 
 import csv
-import io
 import json
 import logging
-import tarfile
 
 import numpy as np
 import pytest
@@ -13,7 +11,7 @@ from torch.utils.data import DataLoader
 
 from hbi_transformers import HBIProcessor, HBIVideoProcessor
 from hbi_transformers.models.hbi import video_processing_hbi
-from conftest import tiny_clip_tokenizer
+from conftest import tiny_clip_tokenizer, write_shard
 from hbi_transformers.data import (
     BadItemCounter,
     HBIDataCollator,
@@ -81,16 +79,6 @@ def write_csv(path, header, rows):
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
-    return path
-
-
-def write_shard(path, samples):
-    """A webdataset tar: per key, its files in order (e.g. {"a.mp4": bytes, "a.txt": bytes})."""
-    with tarfile.open(path, "w") as archive:
-        for name, data in samples.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
     return path
 
 
