@@ -4,7 +4,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="hbi-transformers",
-    version="0.1.0",
+    version="0.2.0",
     description=(
         "Hierarchical Banzhaf Interaction (HBI, CVPR 2023) for text-video retrieval "
         "as a Hugging Face transformers model"
