@@ -50,7 +50,8 @@ class HBIDataCollator:
     `counter` and enforces the limit itself.
 
     Args:
-        processor ([`HBIProcessor`]): tokenizer and video processor.
+        processor ([`HBIProcessor`]): tokenizer and video processor (an [`HBIVideoProcessor`] alone is
+            enough for `collate_videos`).
         do_augment (`bool`, defaults to `False`): the official training augmentation.
         max_bad_fraction (`float`, defaults to 0.05): the largest tolerated share of bad videos.
         min_items (`int`, defaults to 50): videos tried before the share is checked.
@@ -77,6 +78,8 @@ class HBIDataCollator:
         if cache_videos and do_augment:
             raise ValueError("cache_videos would freeze the augmentation of each clip: use one or the other")
         self.processor = processor
+        # An HBIVideoProcessor alone serves `collate_videos` (videos only, e.g. indexing).
+        self.video_processor = getattr(processor, "video_processor", processor)
         self.video_cache = {} if cache_videos else None
         self.do_augment = do_augment
         self.answer_labels = answer_labels
@@ -152,7 +155,7 @@ class HBIDataCollator:
                     decoded[key] = cached
                 continue
             try:
-                decoded[key] = self.processor.video_processor(
+                decoded[key] = self.video_processor(
                     [clip.video],
                     video_segments=[(clip.start, clip.end)],
                     do_augment=self.do_augment,

@@ -47,7 +47,7 @@ def label_cache_key(model: HBIModel, collator: HBIDataCollator, num_samples: int
     the text and video settings, and the Monte Carlo settings. A cache is reused only for the
     same key."""
     identity = model_identity(model)
-    video_settings = collator.processor.video_processor.to_dict()
+    video_settings = collator.video_processor.to_dict()
     video = {key: video_settings.get(key) for key in LABEL_VIDEO_SETTINGS}
     video.update(collator.video_options)
     return {

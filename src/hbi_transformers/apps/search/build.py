@@ -9,7 +9,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
@@ -236,9 +235,8 @@ def _encode_files(
     are held. Their entries are then stored in file order, `batch_size` windows at a time across
     files (the batches the token merging sees, see the package docstring), and a shard is written
     only between files, so that a committed manifest never lists part of a file."""
-    # The collator decodes through `processor.video_processor`; every failure is reported, none
-    # stops the run.
-    collator = HBIDataCollator(SimpleNamespace(video_processor=video_processor), max_bad_fraction=1.0)
+    # Every failure is reported; none stops the run.
+    collator = HBIDataCollator(video_processor, max_bad_fraction=1.0)
     bad_files = []
     queue: list[tuple[str, _EncodedWindow]] = []
 
