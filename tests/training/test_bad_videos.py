@@ -138,7 +138,6 @@ def test_resuming_latest_before_the_all_bad_batch(corpus, tmp_path):
 
 
 def test_the_bad_share_holds_for_the_whole_run_with_workers(corpus, tmp_path):
-    root = corpus[0]
     rows = [{"video": f"clip{row}.mp4" if row % 3 else f"gone{row}.mp4", "caption": "a cat"}
             for row in range(NUM_ROWS) if row // BATCH_SIZE != ALL_BAD_BATCH]
     annotations = tmp_path / "third_missing.jsonl"
@@ -146,7 +145,6 @@ def test_the_bad_share_holds_for_the_whole_run_with_workers(corpus, tmp_path):
     trainer = make_trainer(corpus, tmp_path, workers=2, annotations=annotations, max_bad_fraction=0.1)
     with pytest.raises(TooManyBadVideosError, match="max_bad_fraction=10.0%"):
         trainer.train()
-    assert root.exists()
 
 
 def test_a_run_that_trains_nothing_fails(corpus, tmp_path):

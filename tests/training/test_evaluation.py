@@ -58,6 +58,7 @@ def qa_model(text_config):
 
 
 def evaluate_both(root, scratch, batch_size):
+    """Retrieval and QA metrics, and the number of clips this process decoded."""
     processor, records, text_config = make_corpus(root, scratch)
     collator = HBIDataCollator(processor, max_bad_fraction=1.0)
     torch.manual_seed(1)
@@ -65,7 +66,7 @@ def evaluate_both(root, scratch, batch_size):
                                    progress=False)
     torch.manual_seed(1)
     answers = evaluate_video_qa(qa_model(text_config), collator, records, batch_size=batch_size, progress=False)
-    return retrieval, answers
+    return retrieval, answers, collator.seen_items
 
 
 def test_each_clip_is_decoded_once_and_encoded_as_on_its_own(tmp_path):
@@ -96,8 +97,8 @@ def worker(rank, init_file, root, result_dir):
     torch.set_num_threads(1)
     scratch = Path(result_dir) / f"tokenizer{rank}"
     scratch.mkdir()
-    retrieval, answers = evaluate_both(root, scratch, batch_size=1)
-    torch.save({"retrieval": retrieval, "answers": answers}, os.path.join(result_dir, f"rank{rank}.pt"))
+    retrieval, answers, decoded = evaluate_both(root, scratch, batch_size=1)
+    torch.save({"retrieval": retrieval, "answers": answers, "decoded": decoded}, os.path.join(result_dir, f"rank{rank}.pt"))
     dist.destroy_process_group()
 
 
@@ -105,10 +106,13 @@ def test_two_processes_give_the_metrics_of_one(tmp_path):
     corpus_dir = tmp_path / "corpus"
     corpus_dir.mkdir()
     write_clips(corpus_dir)
-    retrieval, answers = evaluate_both(corpus_dir, tmp_path, batch_size=2)
+    retrieval, answers, decoded = evaluate_both(corpus_dir, tmp_path, batch_size=2)
+    assert decoded == 5
     assert retrieval["t2v_num_queries"] == 8 and retrieval["skipped_captions"] == 2
     assert answers["num_questions"] == 10 and answers["num_unanswered"] == 2
     mp.spawn(worker, args=(str(tmp_path / "init"), corpus_dir, str(tmp_path)), nprocs=WORLD_SIZE, join=True)
+    # Each process decoded only its share of the 5 clips (every other one), yet has every result.
+    assert [torch.load(tmp_path / f"rank{rank}.pt")["decoded"] for rank in range(WORLD_SIZE)] == [3, 2]
     for rank in range(WORLD_SIZE):
         result = torch.load(tmp_path / f"rank{rank}.pt")
         assert result["retrieval"].keys() == retrieval.keys()

@@ -3,18 +3,18 @@ command combines only the ones it uses, so that its `--help` lists only its own 
 
 import argparse
 import json
-import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from transformers import HfArgumentParser
+from transformers.utils import logging
 
 from ..models.hbi import HBIProcessor
 from ..training.recipes import RECIPES, Recipe, per_process_batch_size
 from .loading import frame_sampling_for, load_processor
 
-logger = logging.getLogger(__name__)
+logger = logging.get_logger(__name__)
 RECIPE_FILE = "recipe.json"
 
 

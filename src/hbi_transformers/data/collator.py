@@ -98,9 +98,10 @@ class HBIDataCollator:
         records = [as_record(item) for item in items]
         wanted = {record.clip_key: record for record in records}
         clips, failures = self._decode_clips(wanted)
+        clip_ids = {key: stable_video_index(key) for key in wanted}
         report = VideoReport(
-            tried=[stable_video_index(key) for key in wanted],
-            failed=[(stable_video_index(key), wanted[key].name, reason) for key, reason in failures.items()],
+            tried=list(clip_ids.values()),
+            failed=[(clip_ids[key], wanted[key].name, reason) for key, reason in failures.items()],
         )
         records = [record for record in records if record.clip_key in clips]
         if not records:
@@ -112,7 +113,7 @@ class HBIDataCollator:
             "attention_mask": text["attention_mask"],
             "pixel_values_videos": torch.cat([clips[record.clip_key]["pixel_values_videos"] for record in records]),
             "video_mask": torch.cat([clips[record.clip_key]["video_mask"] for record in records]),
-            "video_index": torch.tensor([stable_video_index(record.clip_key) for record in records]),
+            "video_index": torch.tensor([clip_ids[record.clip_key] for record in records]),
             VIDEO_REPORT_KEY: report,
         }
         if self.answer_labels is not None:

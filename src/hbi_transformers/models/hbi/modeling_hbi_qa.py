@@ -155,8 +155,7 @@ class HBIForVideoQuestionAnswering(HBIPreTrainedModel):
     def _walk(self, text_embeds, text_mask, video_embeds, video_mask) -> tuple[list[LevelTokens], list[LevelTokens]]:
         # Questions and videos merged level by level, questions first, as officially, so that a
         # seeded run draws the clustering noise in the official order.
-        text_levels, video_levels = self.hbi.walk_levels(("text", text_embeds, text_mask), ("video", video_embeds, video_mask))
-        return text_levels, video_levels
+        return tuple(self.hbi.walk_levels(("text", text_embeds, text_mask), ("video", video_embeds, video_mask)))
 
     def compute_answer_logits(
         self, text_outputs: HBITextOutput, video_outputs: HBIVideoOutput

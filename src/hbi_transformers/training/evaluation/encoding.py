@@ -69,7 +69,7 @@ def encode_clips(
         videos = model.get_video_features(batch["pixel_values_videos"].to(device), batch["video_mask"].to(device))
         yield EncodedClips(
             positions=[start + position for position in batch["clip_positions"].tolist()],
-            videos=HBIVideoOutput(video_embeds=videos.video_embeds, video_mask=videos.video_mask),
+            videos=videos,
             metadata=batch.get("video_metadata"),
         )
 
