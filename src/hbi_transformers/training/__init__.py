@@ -15,6 +15,7 @@ from .evaluation import (
 )
 from .metrics.retrieval import format_metrics_table, load_retrieval_metric, retrieval_metrics
 from .metrics.video_qa import format_qa_table, video_qa_accuracy
+from .official_precision import use_official_fp16_towers
 from .trainer import HBITrainer
 
 __all__ = [
@@ -33,5 +34,6 @@ __all__ = [
     "load_retrieval_metric",
     "predict_answers",
     "retrieval_metrics",
+    "use_official_fp16_towers",
     "video_qa_accuracy",
 ]

@@ -53,6 +53,12 @@ class HBITrainingArguments(TrainingArguments):
                   "carry this selection on the test split). Off: the final model, the cleaner protocol."},
     )
     official_selection_steps: int = field(default=150, metadata={"help": "Steps between evaluations (official 150)."})
+    official_fp16_towers: bool = field(
+        default=False,
+        metadata={"help": "Train the CLIP towers' linear, convolution and projection weights, and their optimiser "
+                  "state, in float16 as the official GPU runs do (LayerNorms and the HBI heads in float32). "
+                  "Saved weights are widened back to float32. Not with --bf16/--fp16."},
+    )
 
     def __post_init__(self):
         if self.official_selection:
@@ -63,6 +69,8 @@ class HBITrainingArguments(TrainingArguments):
             self.metric_for_best_model = self.selection_metric
             self.greater_is_better = True
         super().__post_init__()
+        if self.official_fp16_towers and (self.bf16 or self.fp16):
+            raise ValueError("official_fp16_towers is the official precision on its own: drop --bf16/--fp16")
         if self.hbi_optimizer not in HBI_OPTIMIZERS:
             raise ValueError(f"hbi_optimizer must be one of {HBI_OPTIMIZERS}, got {self.hbi_optimizer!r}")
 

@@ -65,8 +65,10 @@ class BertAdam(torch.optim.Optimizer):
                 exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                 update = exp_avg / (exp_avg_sq.sqrt() + group["eps"])
                 if group["weight_decay"] > 0:
-                    update.add_(parameter, alpha=group["weight_decay"])
-                parameter.add_(update, alpha=-group["lr"])
+                    update += group["weight_decay"] * parameter
+                # As officially, the scaled update is rounded to the parameter's dtype first: a
+                # float16 `add_(..., alpha=lr)` on CPU would round lr itself (1e-7 -> 1.19e-7).
+                parameter.sub_(group["lr"] * update)
         return loss
 
 

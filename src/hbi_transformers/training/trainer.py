@@ -15,6 +15,7 @@ from transformers.utils import logging
 from ..data import VIDEO_REPORT_KEY, BadItemCounter, HBIDataCollator, VideoReport, is_empty_batch
 from .checkpoints import LATEST, latest_complete_checkpoint
 from .evaluation import RetrievalEvaluator, VideoQAEvaluator
+from .official_precision import float32_state_dict, use_official_fp16_towers
 from .optimization import BertAdam, hbi_parameter_groups, warmup_cosine_schedule
 
 logger = logging.get_logger(__name__)
@@ -84,6 +85,8 @@ class HBITrainer(Trainer):
             body.vision_model.embeddings.patch_embedding.requires_grad_(False)
         if getattr(self.args, "freeze_clip_embeddings", False):
             freeze_clip_embeddings(body)
+        if self.args.official_fp16_towers:
+            logger.warning(f"official float16 towers: {use_official_fp16_towers(body):,} parameters in float16")
         self.add_callback(LogitScaleClamp(self))
         self._loss_term_sums = defaultdict(float)
         self._loss_term_count = 0
@@ -163,6 +166,11 @@ class HBITrainer(Trainer):
             folder.mkdir(parents=True, exist_ok=True)
             (folder / VIDEO_COUNTS_FILE).write_text(json.dumps(self.video_counter.state_dict()))
         super()._save_checkpoint(model, trial)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self.args.official_fp16_towers and state_dict is None:
+            state_dict = float32_state_dict(self.accelerator.unwrap_model(self.model))
+        super()._save(output_dir, state_dict)
 
     def _from_all_processes(self, report: VideoReport | None, empty: bool) -> tuple[list[VideoReport], bool]:
         """Every process's batch report, and whether any process's batch is empty (then all skip
