@@ -34,7 +34,7 @@ setup(
         "accelerate>=1.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "evaluate==0.4.6", "matplotlib>=3.6"],
+        "test": ["pytest>=8", "evaluate==0.4.6", "matplotlib>=3.6", "parameterized>=0.9"],
         "visualization": ["matplotlib>=3.6"],
         "evaluate": ["evaluate==0.4.6"],
         "video": ["av>=12", "decord>=0.6; platform_machine == 'x86_64'"],
