@@ -41,7 +41,9 @@ def setup(tmp_path_factory):
         tiny_clip_tokenizer(root),
         max_words=8,
     )
-    torch.manual_seed(0)
+    # A draw whose entity similarities are not all negative: on an all-negative map the official
+    # game's entity interactions are all 0, and the maps would check nothing.
+    torch.manual_seed(2)
     text_config = {**tiny_config().text_config.to_dict(), "vocab_size": len(processor.tokenizer)}
     config = tiny_config(
         text_config=text_config, text_merge_ratios=TEXT_MERGE_RATIOS, video_merge_ratios=VIDEO_MERGE_RATIOS

@@ -7,9 +7,7 @@ PNG, with the sampled frames as thumbnails along the entity level's frame axis. 
 command line of `scripts/visualize_interaction.py`. Plotting needs matplotlib.
 """
 
-import inspect
 import textwrap
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from ..models.hbi.configuration_hbi import LEVEL_NAMES
 from ..models.hbi.wti import LevelTokens, matched_word_frame_similarity
 from ..models.hbi.modeling_hbi import HBIModel
 from ..models.hbi.processing_hbi import HBIProcessor
-from ..models.hbi.token_merging import TokenClusterMerge, cluster_tokens_dpc_knn, merge_clustered_tokens
 from ..models.hbi.video_io import VideoSource, read_video
 
 SOURCES = ("estimator", "teacher", "monte_carlo")
@@ -128,16 +125,18 @@ def interaction_maps(
     # frames the thumbnails show.
     inputs = processor(text=[caption], videos=[decoded.frames], return_tensors="pt", do_augment=False)
     device = model.device
-    text = model.get_text_features(inputs["input_ids"].to(device), inputs["attention_mask"].to(device))
-    video_features = model.get_video_features(inputs["pixel_values_videos"].to(device), inputs["video_mask"].to(device))
-    with _replayed_cluster_assignments(model, seed) as cluster_assignments:
-        text_levels = model.text_levels(text.text_embeds, text.attention_mask)
-        video_levels = model.video_levels(video_features.video_embeds, video_features.video_mask)
+    # The model returns each level's tokens with its cluster assignments; the seed fixes the
+    # clustering's tie-breaking noise without touching the caller's RNG state.
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+        _seed_device_generator(device, seed)
+        model_inputs = {key: inputs[key].to(device) for key in ("input_ids", "attention_mask", "pixel_values_videos", "video_mask")}
+        outputs = model(**model_inputs, return_loss=False, output_levels=True)
+    text_levels, video_levels = outputs.text_levels, outputs.video_levels
 
     word_pieces = _word_pieces(processor.tokenizer, inputs["input_ids"][0], inputs["attention_mask"][0])
     num_words, num_frames = len(word_pieces), len(decoded.frames)
-    word_members = _members_per_level(model, "text", cluster_assignments, num_words)
-    frame_members = _members_per_level(model, "video", cluster_assignments, num_frames)
+    word_members = _members_per_level(text_levels, num_words)
+    frame_members = _members_per_level(video_levels, num_frames)
     monte_carlo_generator = torch.Generator(device=device).manual_seed(seed)
 
     levels = []
@@ -199,71 +198,17 @@ def _seed_device_generator(device: torch.device, seed: int) -> None:
             device_module.manual_seed(seed)
 
 
-@contextmanager
-def _replayed_cluster_assignments(model: HBIModel, seed: int):
-    """Records, while the model merges tokens, each `TokenClusterMerge`'s cluster index `[batch,
-    tokens]` (which merged token every token went into), in a dict keyed by the module.
-
-    The model keeps the assignment to itself, so it is recomputed here: every merge runs with its
-    device's generator seeded to `seed`, and after it `cluster_tokens_dpc_knn` is run again under
-    the same seed on the features the merge returned, which reproduces the clustering noise and
-    so the assignment. Re-merging with that assignment must give the model's merged tokens;
-    anything else means the merge no longer clusters the way it is replayed here.
-    """
-    assignments = {}
-
-    def seed_before_merge(module, args, kwargs):
-        tokens = inspect.signature(module.forward).bind(*args, **kwargs).arguments["tokens"]
-        _seed_device_generator(tokens.device, seed)
-
-    def replay_after_merge(module, args, kwargs, output):
-        arguments = inspect.signature(module.forward).bind(*args, **kwargs).arguments
-        tokens, mask = arguments["tokens"], arguments.get("mask")
-        merged, features, score = output
-        num_clusters = module.num_clusters(tokens.shape[1])
-        _seed_device_generator(tokens.device, seed)
-        cluster_index = cluster_tokens_dpc_knn(features, num_clusters, module.num_neighbors, mask)
-        remerged = merge_clustered_tokens(features, cluster_index, num_clusters, score.exp())
-        if not torch.allclose(remerged, merged, rtol=1e-5, atol=1e-6):
-            raise RuntimeError(
-                "replaying the token clustering did not reproduce the model's merged tokens; "
-                "TokenClusterMerge must have changed how it clusters"
-            )
-        assignments[module] = cluster_index
-
-    merges = [module for module in model.modules() if isinstance(module, TokenClusterMerge)]
-    device = model.device
-    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
-        handles = [
-            hook
-            for merge in merges
-            for hook in (
-                merge.register_forward_pre_hook(seed_before_merge, with_kwargs=True),
-                merge.register_forward_hook(replay_after_merge, with_kwargs=True),
-            )
-        ]
-        try:
-            yield assignments
-        finally:
-            for handle in handles:
-                handle.remove()
-
-
-def _members_per_level(
-    model: HBIModel, side: str, assignments: dict, num_real: int
-) -> list[list[list[int]]]:
+def _members_per_level(levels: tuple[LevelTokens, ...], num_real: int) -> list[list[list[int]]]:
     """For every level, every token's entity-level members (real tokens only): at the action level
     the words (frames) clustered into it, at the event level those of the action tokens clustered
     into it."""
     token_of_entity = torch.arange(num_real)  # which token of the current level holds each one
-    num_tokens = num_real
+    num_tokens = num_real  # the entity level's real tokens; padding is left out of the picture
     members = []
-    for level in model.levels:
-        merge_block = getattr(level, f"{side}_merge")
-        if merge_block is not None:
-            cluster_index = assignments[merge_block.merge][0].cpu()
-            token_of_entity = cluster_index[token_of_entity]
-            num_tokens = merge_block.merge.num_clusters(len(cluster_index))
+    for level in levels:
+        if level.cluster_index is not None:
+            token_of_entity = level.cluster_index[0].cpu()[token_of_entity]
+            num_tokens = level.tokens.shape[1]
         members.append([(token_of_entity == token).nonzero().flatten().tolist() for token in range(num_tokens)])
     return members
 

@@ -76,13 +76,13 @@ def test_compute_similarity_merges_each_item_once(model, monkeypatch):
     merged_items = []
     for level in model.levels[1:]:
         for block in (level.text_merge, level.video_merge):
-            block.register_forward_hook(lambda module, args, output: merged_items.append(args[0].shape[0]))
+            block.merge.register_forward_hook(lambda module, args, output: merged_items.append(args[0].shape[0]))
     try:
         model.compute_similarity(texts, videos, chunk_size=2, merge_group_size=3)
     finally:
         for level in model.levels[1:]:
-            level.text_merge._forward_hooks.clear()
-            level.video_merge._forward_hooks.clear()
+            level.text_merge.merge._forward_hooks.clear()
+            level.video_merge.merge._forward_hooks.clear()
     # Two merges per side, each item merged once per level: 2 * (7 + 5) items in all.
     assert sum(merged_items) == 2 * (7 + 5)
 

@@ -64,7 +64,8 @@ def output_dtypes(model, monkeypatch):
 
     def record(what, tensors):
         for tensor in tensors if isinstance(tensors, tuple) else (tensors,):
-            seen.setdefault(what, set()).add(tensor.dtype)
+            if tensor.is_floating_point():  # not the merges' cluster index
+                seen.setdefault(what, set()).add(tensor.dtype)
 
     for name, module in model.named_modules():
         if isinstance(module, HEAD_TYPES) or name.endswith("temporal"):
@@ -90,7 +91,7 @@ def test_heads_run_in_float32_under_autocast(monkeypatch, dtype, logits_toleranc
     with torch.autocast("cpu", dtype=dtype):
         out = seeded_forward(model, batch, return_loss=True)
 
-    assert projections == [dtype]  # the towers did run under autocast
+    assert set(projections) == {dtype}  # the towers did run under autocast
     assert {
         "temporal", "levels.0.text_weight_head", "levels.1.video_merge.merge", "levels.2.text_merge.attention",
         "levels.2.banzhaf_student", "banzhaf_teacher", "weighted_token_interaction",
@@ -108,8 +109,8 @@ def test_autocast_leaves_the_heads_bit_for_bit(monkeypatch):
     with torch.no_grad():
         texts = model.get_text_features(batch["input_ids"], batch["attention_mask"])
         videos = model.get_video_features(batch["pixel_values_videos"], batch["video_mask"])
-    monkeypatch.setattr(model, "get_text_features", lambda *args: texts)
-    monkeypatch.setattr(model, "get_video_features", lambda *args: videos)
+    monkeypatch.setattr(model, "get_text_features", lambda *args, **kwargs: texts)
+    monkeypatch.setattr(model, "get_video_features", lambda *args, **kwargs: videos)
 
     reference = seeded_forward(model, batch, return_loss=True)
     torch.manual_seed(1)

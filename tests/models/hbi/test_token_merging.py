@@ -412,9 +412,10 @@ def test_token_cluster_merge_matches_loop(masked):
     tokens = torch.randn(3, 8, 6, generator=generator, dtype=DTYPE)
     mask = make_mask([8, 4, 6], 8) if masked else None
     with torch.no_grad():
-        merged, features, score = seeded(7, module, tokens, mask)
-    expected_merged, expected_features, expected_score, _ = loop_ctm(module, tokens, mask, noise_for(7, (3, 8)))
+        merged, features, score, cluster_index = seeded(7, module, tokens, mask)
+    expected_merged, expected_features, expected_score, expected_index = loop_ctm(module, tokens, mask, noise_for(7, (3, 8)))
     assert merged.shape == (3, math.ceil(8 * 0.4), 6)
+    assert torch.equal(cluster_index, expected_index)
     torch.testing.assert_close(features, expected_features, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(score, expected_score, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(merged, expected_merged, rtol=1e-10, atol=1e-10)
@@ -430,8 +431,8 @@ def test_token_cluster_merge_padding_leaks_into_its_neighbour_through_the_conv()
     changed = tokens.clone()
     changed[1, 5] += 3.0  # the padding token right after item 1's last real token (4)
     with torch.no_grad():
-        merged, features, score = seeded(3, module, tokens, mask)
-        merged_changed, features_changed, score_changed = seeded(3, module, changed, mask)
+        merged, features, score, _ = seeded(3, module, tokens, mask)
+        merged_changed, features_changed, score_changed, _ = seeded(3, module, changed, mask)
     # The real token 4 sees padding token 5 through the kernel-3 conv ...
     assert (features_changed[1, 4] - features[1, 4]).abs().max() > 1e-3
     assert torch.equal(features_changed[1, :4], features[1, :4]) and torch.equal(features_changed[0], features[0])
@@ -454,8 +455,8 @@ def test_token_cluster_merge_far_padding_does_not_enter_the_merged_tokens():
     changed = tokens.clone()
     changed[1, 7] += 3.0
     with torch.no_grad():
-        merged, _, _ = seeded(3, module, tokens, mask)
-        merged_changed, _, _ = seeded(3, module, changed, mask)
+        merged, _, _, _ = seeded(3, module, tokens, mask)
+        merged_changed, _, _, _ = seeded(3, module, changed, mask)
     torch.testing.assert_close(merged_changed, merged, rtol=1e-12, atol=1e-12)
 
 
@@ -469,8 +470,9 @@ def test_number_of_clusters(num_tokens, ratio, expected):
     module = TokenClusterMerge(8, ratio, 3)
     assert module.num_clusters(num_tokens) == expected
     with torch.no_grad():
-        merged, features, score = seeded(0, module, torch.randn(2, num_tokens, 8), None)
+        merged, features, score, cluster_index = seeded(0, module, torch.randn(2, num_tokens, 8), None)
     assert merged.shape == (2, expected, 8)
+    assert cluster_index.shape == (2, num_tokens) and 0 <= cluster_index.min() and cluster_index.max() < expected
     assert features.shape == (2, num_tokens, 8) and score.shape == (2, num_tokens)
 
 

@@ -2,12 +2,14 @@
 
 import math
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 from torch import nn
 from transformers import CLIPModel, CLIPTextModel, CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
-from transformers.utils import ModelOutput, logging
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple, logging
 
 from .banzhaf_estimator import BanzhafEstimator
 from .configuration_hbi import LEVEL_NAMES, HBIConfig
@@ -37,10 +39,17 @@ OFFICIAL_MERGE_GROUP_SIZE = 32
 
 
 @dataclass
-class HBITextOutput(ModelOutput):
-    """Token-level text embeddings.
+class HBITextOutput(BaseModelOutputWithPooling):
+    """The text tower's output and the token-level text embeddings HBI scores with.
 
     Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, words, text_hidden_size)`):
+            The text tower's final-LayerNorm output.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            CLIP's sentence embedding: the end-of-text token through the text projection (HBI's
+            own scores are token-level and do not use it).
+        hidden_states, attentions: the text tower's, with `output_hidden_states` /
+            `output_attentions`.
         text_embeds (`torch.FloatTensor` of shape `(batch_size, words, projection_dim)`):
             Every position's final-LayerNorm output through the text projection (not normalised).
         attention_mask (`torch.LongTensor` of shape `(batch_size, words)`):
@@ -52,10 +61,17 @@ class HBITextOutput(ModelOutput):
 
 
 @dataclass
-class HBIVideoOutput(ModelOutput):
-    """Frame-level video embeddings.
+class HBIVideoOutput(BaseModelOutputWithPooling):
+    """The vision tower's output over each frame and the frame-level video embeddings HBI scores with.
 
     Args:
+        last_hidden_state (`torch.FloatTensor` of shape `(batch_size, frames, patches + 1, vision_hidden_size)`):
+            The vision tower's last layer on every frame.
+        pooler_output (`torch.FloatTensor` of shape `(batch_size, projection_dim)`):
+            The mean of the real frames' `video_embeds`: one vector per video (HBI's own scores are
+            frame-level and do not use it).
+        hidden_states, attentions: the vision tower's, with `output_hidden_states` /
+            `output_attentions`, each shaped `(batch_size, frames, ...)`.
         video_embeds (`torch.FloatTensor` of shape `(batch_size, frames, projection_dim)`):
             Frame embeddings after the temporal module (not normalised).
         video_mask (`torch.LongTensor` of shape `(batch_size, frames)`):
@@ -107,6 +123,13 @@ class HBIOutput(ModelOutput):
             Frame-level video embeddings after the temporal module.
         loss_terms (`dict[str, torch.FloatTensor]`, *optional*):
             The loss's parts, detached, for logging.
+        text_model_output (`HBITextOutput`):
+            `get_text_features`'s output (the text tower's hidden states and attentions when asked).
+        vision_model_output (`HBIVideoOutput`):
+            `get_video_features`'s output (the vision tower's hidden states and attentions when asked).
+        text_levels, video_levels (`tuple(LevelTokens)`, *optional*, returned with `output_levels=True`):
+            Entity, action and event tokens of each side, their weights and, above the entity
+            level, `cluster_index`: which merged token each token of the level below went into.
     """
 
     loss: torch.FloatTensor | None = None
@@ -116,6 +139,16 @@ class HBIOutput(ModelOutput):
     text_embeds: torch.FloatTensor | None = None
     video_embeds: torch.FloatTensor | None = None
     loss_terms: dict[str, torch.Tensor] | None = None
+    text_model_output: HBITextOutput | None = None
+    vision_model_output: HBIVideoOutput | None = None
+    text_levels: tuple[LevelTokens, ...] | None = None
+    video_levels: tuple[LevelTokens, ...] | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(
+            self[key].to_tuple() if key in ("text_model_output", "vision_model_output") else self[key]
+            for key in self.keys()
+        )
 
 
 class HBILevel(nn.Module):
@@ -162,12 +195,26 @@ class HBIPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
     _supports_sdpa = True
 
+    def set_attn_implementation(self, attn_implementation, *args, **kwargs):
+        super().set_attn_implementation(attn_implementation, *args, **kwargs)
+        # The temporal transformer is a CLIP encoder on its own copy of the text config.
+        temporal = getattr(self.base_model, "temporal", None)
+        if isinstance(temporal, TemporalTransformer):
+            temporal.encoder.config._attn_implementation = self.base_model.config.text_config._attn_implementation
+
     def _without_autocast(self):
         """The region where everything after the CLIP projections runs: autocast off on the model's
         device, so that under mixed precision the heads run in float32 as officially, where only
         CLIP runs in reduced precision (docs/training.md#precision). Inputs must be cast to the
         heads' dtype on entering it."""
         return torch.autocast(self.device.type, enabled=False)
+
+    def _initialize_weights(self, module, is_custom_code: bool = False):
+        # For code defined outside transformers, transformers skips every module without a
+        # parameter of its own (merge blocks, temporal module), leaving their layers to the generic
+        # branch or uninitialised. HBI initialises only through `transformers.initialization`,
+        # which leaves loaded tensors alone by itself, so every module can be visited.
+        super()._initialize_weights(module, is_custom_code=False)
 
     def _init_weights(self, module):
         """The official initialisation of the HBI heads; the CLIP towers initialise themselves."""
@@ -195,7 +242,10 @@ class HBIPreTrainedModel(PreTrainedModel):
         elif isinstance(module, TemporalTransformer):
             init.normal_(module.frame_position_embeddings.weight, std=std)
         elif isinstance(module, TemporalLSTM):
-            module.lstm.reset_parameters()
+            # torch's LSTM default, through the initialisation that spares loaded weights.
+            bound = 1 / math.sqrt(module.lstm.hidden_size)
+            for parameter in module.lstm.parameters():
+                init.uniform_(parameter, -bound, bound)
         elif isinstance(module, HBIModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
             # As transformers' CLIPModel initialises its projections.
@@ -250,8 +300,21 @@ class HBIModel(HBIPreTrainedModel):
     # ----------------------------------------------------------------------------------------
     # Encoders
     # ----------------------------------------------------------------------------------------
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> HBITextOutput:
-        """Token-level text embeddings `[batch, words, D]` with their mask."""
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.embeddings.token_embedding
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.text_model.embeddings.token_embedding = value
+
+    @can_return_tuple
+    def get_text_features(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> HBITextOutput:
+        """The text tower's output and the token-level text embeddings `text_embeds` `[batch,
+        words, D]` with their mask; `pooler_output` is CLIP's projected sentence embedding."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, words], got shape {tuple(input_ids.shape)}")
         if attention_mask is None:
@@ -263,15 +326,28 @@ class HBIModel(HBIPreTrainedModel):
         _check_mask(attention_mask, "text", "attention_mask")
         # Padding positions read as the official padding id 0, whatever the caller put there.
         input_ids = input_ids * attention_mask.to(input_ids.dtype)
-        hidden = self.text_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        tower = self.text_model(input_ids=input_ids, attention_mask=attention_mask, return_dict=True, **kwargs)
         # The heads' precision from here on, as the official `.float()` after CLIP.
-        text_embeds = self.text_projection(hidden).to(self.head_dtype)
-        return HBITextOutput(text_embeds=text_embeds, attention_mask=attention_mask)
+        text_embeds = self.text_projection(tower.last_hidden_state).to(self.head_dtype)
+        return HBITextOutput(
+            last_hidden_state=tower.last_hidden_state,
+            pooler_output=self.text_projection(tower.pooler_output),
+            hidden_states=tower.hidden_states,
+            attentions=tower.attentions,
+            text_embeds=text_embeds,
+            attention_mask=attention_mask,
+        )
 
+    @can_return_tuple
     def get_video_features(
-        self, pixel_values_videos: torch.Tensor, video_mask: torch.Tensor | None = None
+        self,
+        pixel_values_videos: torch.Tensor,
+        video_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> HBIVideoOutput:
-        """Frame-level video embeddings `[batch, frames, D]` (after the temporal module) with their mask."""
+        """The vision tower's output on every frame and the frame-level video embeddings
+        `video_embeds` `[batch, frames, D]` (after the temporal module) with their mask;
+        `pooler_output` is their mean over the real frames."""
         if pixel_values_videos.dim() != 5:
             raise ValueError(
                 "pixel_values_videos must be [batch, frames, channels, height, width], got shape "
@@ -290,12 +366,30 @@ class HBIModel(HBIPreTrainedModel):
         # change any output (their features still take part where the official code lets them).
         pixel_values_videos = pixel_values_videos * video_mask[:, :, None, None, None].to(pixel_values_videos.dtype)
         pixel_values = pixel_values_videos.flatten(0, 1).to(self.visual_projection.weight.dtype)
-        frames = self.visual_projection(self.vision_model(pixel_values=pixel_values).pooler_output)
+        tower = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        frames = self.visual_projection(tower.pooler_output)
         # The official temporal module is outside CLIP: it runs in float32 after CLIP's `.float()`.
         frames = frames.view(batch_size, num_frames, -1).to(self.head_dtype)
         with self._without_autocast():
             video_embeds = self.temporal(frames, video_mask)
-        return HBIVideoOutput(video_embeds=video_embeds, video_mask=video_mask, frame_embeds=frames)
+            weights = video_mask.to(video_embeds.dtype)[..., None]
+            pooled = (video_embeds * weights).sum(dim=1) / weights.sum(dim=1)
+
+        def per_video(tensors):
+            # Entries are None for layers left out by a list of `output_hidden_states` indices.
+            if tensors is None:
+                return None
+            return tuple(None if t is None else t.view(batch_size, num_frames, *t.shape[1:]) for t in tensors)
+
+        return HBIVideoOutput(
+            last_hidden_state=tower.last_hidden_state.view(batch_size, num_frames, *tower.last_hidden_state.shape[1:]),
+            pooler_output=pooled,
+            hidden_states=per_video(tower.hidden_states),
+            attentions=per_video(tower.attentions),
+            video_embeds=video_embeds,
+            video_mask=video_mask,
+            frame_embeds=frames,
+        )
 
     # ----------------------------------------------------------------------------------------
     # Hierarchy and scores
@@ -327,13 +421,13 @@ class HBIModel(HBIPreTrainedModel):
             for level in self.levels[:num_levels]:
                 for index, (kind, _, _) in enumerate(sides):
                     tokens, mask = current[index]
-                    merge = getattr(level, f"{kind}_merge")
+                    merge, cluster_index = getattr(level, f"{kind}_merge"), None
                     if merge is not None:
                         # Merged tokens are never padding: levels above the entity level are unmasked.
-                        tokens, mask = merge(tokens, mask), None
+                        (tokens, cluster_index), mask = merge.merge_tokens(tokens, mask), None
                     current[index] = (tokens, mask)
                     weights = getattr(level, f"{kind}_weight_head")(tokens, mask)
-                    walks[index].append(LevelTokens(l2_normalize(tokens), weights, mask, tokens))
+                    walks[index].append(LevelTokens(l2_normalize(tokens), weights, mask, tokens, cluster_index))
         return walks
 
     def _grouped_levels(self, embeds, mask, side: str, group_size: int) -> list[LevelTokens]:
@@ -407,14 +501,17 @@ class HBIModel(HBIPreTrainedModel):
     # ----------------------------------------------------------------------------------------
     # Forward and loss
     # ----------------------------------------------------------------------------------------
+    @can_return_tuple
     def forward(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        pixel_values_videos: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
         video_mask: torch.Tensor | None = None,
         return_loss: bool | None = None,
         video_index: torch.Tensor | None = None,
+        output_levels: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> HBIOutput:
         r"""
         input_ids (`torch.LongTensor` of shape `(n_text, words)`): CLIP token ids, padded with 0.
@@ -423,14 +520,23 @@ class HBIModel(HBIPreTrainedModel):
         video_mask (`torch.LongTensor` of shape `(n_video, frames)`, *optional*): 1 for real frames,
             all ones when omitted.
         return_loss (`bool`, *optional*): compute the training objective; text i and video i are
-            then a matched pair, so `n_text` must equal `n_video`. Under torch.distributed the
-            embeddings of all processes are gathered first, so the logits are then those of the
-            global batch.
+            then a matched pair, so `n_text` must equal `n_video`. By default, in training mode
+            when the texts and videos pair up (as a plain `Trainer` feeds them), not in eval mode.
+            Under torch.distributed the embeddings of all processes are gathered first, so the
+            logits are then those of the global batch.
         video_index (`torch.LongTensor` of shape `(n_text,)`, *optional*): which video each pair
             shows; with `config.same_video_positives`, pairs of one video are not negatives.
+        output_levels (`bool`, *optional*): also return each level's tokens, weights and cluster
+            assignments (`text_levels`, `video_levels`).
+        kwargs: `output_hidden_states`, `output_attentions` (of both towers, in
+            `text_model_output` / `vision_model_output`) and `return_dict`.
         """
-        text_outputs = self.get_text_features(input_ids, attention_mask)
-        video_outputs = self.get_video_features(pixel_values_videos, video_mask)
+        if input_ids is None or pixel_values_videos is None:
+            raise ValueError("HBIModel scores texts against videos: give both input_ids and pixel_values_videos")
+        if return_loss is None:
+            return_loss = self.training and input_ids.shape[0] == pixel_values_videos.shape[0]
+        text_outputs = self.get_text_features(input_ids, attention_mask, return_dict=True, **kwargs)
+        video_outputs = self.get_video_features(pixel_values_videos, video_mask, return_dict=True, **kwargs)
         if return_loss and input_ids.shape[0] != pixel_values_videos.shape[0]:
             raise ValueError(
                 f"return_loss needs matched pairs: got {input_ids.shape[0]} texts and "
@@ -466,6 +572,10 @@ class HBIModel(HBIPreTrainedModel):
             text_embeds=text_outputs.text_embeds,
             video_embeds=video_outputs.video_embeds,
             loss_terms=loss_terms,
+            text_model_output=text_outputs,
+            vision_model_output=video_outputs,
+            text_levels=tuple(text_levels) if output_levels else None,
+            video_levels=tuple(video_levels) if output_levels else None,
         )
 
     def hbi_loss(

@@ -92,8 +92,9 @@ class TokenClusterMerge(nn.Module):
         return max(math.ceil(num_tokens * self.merge_ratio), 1)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None):
-        """Returns `(merged [batch, clusters, D], features [batch, tokens, D], score [batch, tokens])`:
-        the merged tokens, and the processed tokens with their scores (the keys of the attention)."""
+        """Returns `(merged [batch, clusters, D], features [batch, tokens, D], score [batch, tokens],
+        cluster_index [batch, tokens])`: the merged tokens, the processed tokens with their scores
+        (the keys of the attention), and which cluster each token went into."""
         features = self.norm(tokens + self.conv(tokens.transpose(1, 2)).transpose(1, 2))
         score = self.score(features).squeeze(-1)
         if mask is not None:
@@ -101,7 +102,7 @@ class TokenClusterMerge(nn.Module):
         num_clusters = self.num_clusters(tokens.shape[1])
         cluster_index = cluster_tokens_dpc_knn(features, num_clusters, self.num_neighbors, mask)
         merged = merge_clustered_tokens(features, cluster_index, num_clusters, score.exp())
-        return merged, features, score
+        return merged, features, score, cluster_index
 
 
 class MergedTokenAttention(nn.Module):
@@ -140,5 +141,10 @@ class TokenMergeBlock(nn.Module):
         self.attention = MergedTokenAttention(dim, num_heads)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        merged, features, score = self.merge(tokens, mask)
-        return self.attention(merged, features, score)
+        return self.merge_tokens(tokens, mask)[0]
+
+    def merge_tokens(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The merged tokens `[batch, clusters, D]` and which of them each input token went into
+        (`cluster_index` `[batch, tokens]`)."""
+        merged, features, score, cluster_index = self.merge(tokens, mask)
+        return self.attention(merged, features, score), cluster_index

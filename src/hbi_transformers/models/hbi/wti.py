@@ -41,20 +41,21 @@ class LevelTokens:
     `tokens` are L2-normalised `[batch, tokens, D]`, `weights` their softmax importance
     `[batch, tokens]`, `mask` `[batch, tokens]` or None where the level is not masked (merged
     action and event tokens are never padding). `features` are the tokens before normalisation
-    (what the question answering heads pool), where the level walk kept them.
+    (what the question answering heads pool), where the level walk kept them. `cluster_index`
+    `[batch, tokens of the level below]`, above the entity level, says which of this level's
+    tokens each token of the level below was merged into.
     """
 
     tokens: torch.Tensor
     weights: torch.Tensor
     mask: torch.Tensor | None
     features: torch.Tensor | None = None
+    cluster_index: torch.Tensor | None = None
 
     def __getitem__(self, index) -> "LevelTokens":
         return LevelTokens(
-            self.tokens[index],
-            self.weights[index],
-            None if self.mask is None else self.mask[index],
-            None if self.features is None else self.features[index],
+            *(None if value is None else value[index] for value in
+              (self.tokens, self.weights, self.mask, self.features, self.cluster_index))
         )
 
     def __len__(self) -> int:
