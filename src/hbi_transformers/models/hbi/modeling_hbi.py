@@ -678,10 +678,13 @@ class HBIModel(HBIPreTrainedModel):
 
 def _check_mask(mask: torch.Tensor, kind: str, mask_name: str) -> None:
     """A clear error for a batch of no items, a mask that is not 0/1, or an item with no token.
-    The value checks read the data, so they run in eager mode only (compiled graphs stay whole)."""
+    Traced (torch.compile, torch.export), the value checks become an assertion inside the graph,
+    which breaks nothing and still refuses the batch; eager, the error names the items."""
     if mask.shape[0] == 0:
         raise ValueError(f"{mask_name} holds no {kind}: the batch is empty")
     if torch.compiler.is_compiling():
+        valid = ((mask == 0) | (mask == 1)).all() & (mask.sum(dim=-1) > 0).all()
+        torch._assert_async(valid, f"{mask_name} must hold only 0 and 1, and every {kind} at least one token")
         return
     if ((mask != 0) & (mask != 1)).any():
         raise ValueError(f"{mask_name} must hold only 0 and 1, got values {sorted(mask.unique().tolist())}")

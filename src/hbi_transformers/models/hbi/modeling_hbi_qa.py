@@ -4,12 +4,13 @@ ViT-B/16 and 1500 answers."""
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Unpack
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
 
 from .configuration_hbi import LEVEL_NAMES, OUT_OF_VOCABULARY_LABEL, HBIConfig
 from .losses import gather_from_all_processes, kl_divergence, same_video_targets
@@ -31,12 +32,22 @@ class HBIVideoQuestionAnsweringOutput(ModelOutput):
         loss_terms (`dict[str, torch.FloatTensor]`, *optional*):
             The loss's parts, detached, for logging: the retrieval terms of `HBIModel.hbi_loss`,
             `answer_{entity,action,event}` (cross-entropy) and `answer_distillation`.
+        text_model_output, vision_model_output (`HBITextOutput`, `HBIVideoOutput`):
+            the towers' outputs (hidden states and attentions when asked), as in `HBIOutput`.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     level_logits: tuple[torch.FloatTensor, ...] | None = None
     loss_terms: dict[str, torch.Tensor] | None = None
+    text_model_output: HBITextOutput | None = None
+    vision_model_output: HBIVideoOutput | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(
+            self[key].to_tuple() if key in ("text_model_output", "vision_model_output") else self[key]
+            for key in self.keys()
+        )
 
 
 class TokenPooling(nn.Module):
@@ -140,11 +151,21 @@ class HBIForVideoQuestionAnswering(HBIPreTrainedModel):
         model.hbi.load_state_dict(body.state_dict())
         return model
 
-    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> HBITextOutput:
-        return self.hbi.get_text_features(input_ids, attention_mask)
+    def get_input_embeddings(self) -> nn.Module:
+        return self.hbi.get_input_embeddings()
 
-    def get_video_features(self, pixel_values_videos: torch.Tensor, video_mask: torch.Tensor | None = None) -> HBIVideoOutput:
-        return self.hbi.get_video_features(pixel_values_videos, video_mask)
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.hbi.set_input_embeddings(value)
+
+    def get_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          **kwargs: Unpack[TransformersKwargs]) -> HBITextOutput:
+        """[`HBIModel.get_text_features`] of the body."""
+        return self.hbi.get_text_features(input_ids, attention_mask, **kwargs)
+
+    def get_video_features(self, pixel_values_videos: torch.Tensor, video_mask: torch.Tensor | None = None,
+                           **kwargs: Unpack[TransformersKwargs]) -> HBIVideoOutput:
+        """[`HBIModel.get_video_features`] of the body."""
+        return self.hbi.get_video_features(pixel_values_videos, video_mask, **kwargs)
 
     def _answer_logits(self, text_levels: list[LevelTokens], video_levels: list[LevelTokens]) -> list[torch.Tensor]:
         return [head(text, video) for head, text, video in zip(self.answer_heads, text_levels, video_levels)]
@@ -170,15 +191,17 @@ class HBIForVideoQuestionAnswering(HBIPreTrainedModel):
             level_logits = self._answer_logits(text_levels, video_levels)
         return HBIVideoQuestionAnsweringOutput(logits=self._weighted_logits(level_logits), level_logits=tuple(level_logits))
 
+    @can_return_tuple
     def forward(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        pixel_values_videos: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
         video_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_loss: bool | None = None,
         video_index: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> HBIVideoQuestionAnsweringOutput:
         r"""
         input_ids (`torch.LongTensor` of shape `(batch_size, words)`): the questions' CLIP token ids.
@@ -195,7 +218,10 @@ class HBIForVideoQuestionAnswering(HBIPreTrainedModel):
         video_index (`torch.LongTensor` of shape `(batch_size,)`, *optional*): which video each
             question is about; with `config.same_video_positives`, the questions of one video are
             not each other's negatives in the retrieval terms.
+        kwargs: `output_hidden_states`, `output_attentions` (of both towers) and `return_dict`.
         """
+        if input_ids is None or pixel_values_videos is None:
+            raise ValueError("video question answering needs questions (input_ids) and videos (pixel_values_videos)")
         if return_loss is None:
             return_loss = labels is not None
         if return_loss and labels is None:
@@ -205,8 +231,8 @@ class HBIForVideoQuestionAnswering(HBIPreTrainedModel):
                 f"question i is about video i: got {input_ids.shape[0]} questions and "
                 f"{pixel_values_videos.shape[0]} videos"
             )
-        text_outputs = self.get_text_features(input_ids, attention_mask)
-        video_outputs = self.get_video_features(pixel_values_videos, video_mask)
+        text_outputs = self.get_text_features(input_ids, attention_mask, return_dict=True, **kwargs)
+        video_outputs = self.get_video_features(pixel_values_videos, video_mask, return_dict=True, **kwargs)
         text_embeds, text_mask = text_outputs.text_embeds, text_outputs.attention_mask
         video_embeds, video_mask = video_outputs.video_embeds, video_outputs.video_mask
         if return_loss:
@@ -226,7 +252,12 @@ class HBIForVideoQuestionAnswering(HBIPreTrainedModel):
                 loss, loss_terms = self.video_qa_loss(level_logits, labels, text_levels, video_levels, video_index)
             logits = self._weighted_logits(level_logits)
         return HBIVideoQuestionAnsweringOutput(
-            loss=loss, logits=logits, level_logits=tuple(level_logits), loss_terms=loss_terms
+            loss=loss,
+            logits=logits,
+            level_logits=tuple(level_logits),
+            loss_terms=loss_terms,
+            text_model_output=text_outputs,
+            vision_model_output=video_outputs,
         )
 
     def video_qa_loss(
