@@ -66,6 +66,23 @@ def make_batch(n_text=4, n_video=4, words=10, frames=12, image_size=32, seed=0):
     )
 
 
+def pytest_configure(config):
+    from transformers_suites import SUITE_MARKS
+
+    for mark in SUITE_MARKS:
+        config.addinivalue_line("markers", f"{mark}: a mark of transformers' common test suites")
+
+
+@pytest.fixture(autouse=True)
+def restore_transformers_verbosity():
+    """The commands set transformers' log level for their process; tests run them in this one."""
+    from transformers.utils import logging
+
+    level = logging.get_verbosity()
+    yield
+    logging.set_verbosity(level)
+
+
 @pytest.fixture
 def config():
     return tiny_config()

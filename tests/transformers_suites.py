@@ -152,3 +152,8 @@ def common_tests(module: str) -> types.ModuleType:
             stand_in.__path__ = []
             sys.modules[name] = stand_in
     return importlib.import_module(f"{PACKAGE}.{module}")
+
+
+# Marks transformers' suites put on their tests (transformers registers them in its own conftest).
+SUITE_MARKS = ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "slow",
+               "torch_compile_test")
