@@ -1,16 +1,19 @@
 """`hbi-push`: publish a trained or converted HBI folder on the Hugging Face hub.
 
-    hbi-push hbi-msrvtt --repo-id me/hbi-msrvtt --dry-run
-    hbi-push hbi-msrvtt --repo-id me/hbi-msrvtt --metrics metrics.json \
-        --dataset friedrichor/MSR-VTT --dataset-name "MSR-VTT 1k-A"
+    hbi-push hbi-demo --repo-id me/hbi-demo --dry-run
+    hbi-push hbi-msrvtt --repo-id me/hbi-msrvtt --metrics hbi-msrvtt/eval_results.json \
+        --base-model openai/clip-vit-base-patch32 --dataset friedrichor/MSR-VTT --dataset-name "MSR-VTT 1k-A"
 
 The upload folder is prepared first (`hbi_transformers.hub.publishing.prepare_hub_folder`): the
 model's and processor's `save_pretrained` output (config with `auto_map`, safetensors weights,
-processor and tokenizer files, the remote-code modules) plus the model card, checked complete.
-With `--dry-run` it stops there and prints the folder. Otherwise the folder is uploaded as one
-commit: the same files `model.push_to_hub` and `processor.push_to_hub` would send (both are
-`save_pretrained` output), in one commit instead of three, and with this card, where
-`push_to_hub` would write a default card into a repository that has none.
+processor and tokenizer files, the remote-code modules), the example clip the card's snippet runs
+on, and the model card, checked complete. The folder's own card (hbi-train and hbi-demo write
+one) is kept: its snippet is pointed at the repository, and --metrics files (any our commands
+write: eval_results.json, metrics.json, hbi-evaluate's --output_json, history.json) replace its
+figures. A folder without a card gets a new one from the metrics files in it. With --dry-run it
+stops there and prints the folder. Otherwise the folder is uploaded as one commit: the same files
+`model.push_to_hub` and `processor.push_to_hub` send (both are `save_pretrained` output), in one
+commit instead of two.
 """
 
 import argparse
@@ -37,12 +40,18 @@ def run(argv: list[str] | None = None) -> Path:
     parser.add_argument("--repo-id", required=True, help="hub repository, e.g. me/hbi-msrvtt")
     parser.add_argument("--output", help="where to prepare the upload (default: a new temporary folder)")
     parser.add_argument("--tokenizer", help="CLIP tokenizer, for a folder saved without its processor")
-    parser.add_argument("--metrics", help="evaluation JSON for the card (default: MODEL_DIR/eval_results.json)")
+    parser.add_argument("--metrics", action="append", help="metrics file of one of our commands for the card "
+                        "(repeatable); default: the card's own figures, or for a folder without a card the "
+                        "metrics files in it (eval_results.json, metrics.json, history.json)")
     parser.add_argument("--dataset", action="append", default=[], help="hub dataset id (repeatable); the first is "
                         "the evaluation set")
     parser.add_argument("--dataset-name", help="readable name of the evaluation set")
-    parser.add_argument("--base-model", default="openai/clip-vit-base-patch32")
-    parser.add_argument("--license", default="mit")
+    origin = parser.add_mutually_exclusive_group()
+    origin.add_argument("--base-model", help="hub id of the checkpoint the weights were fine-tuned or converted from "
+                        "(e.g. openai/clip-vit-base-patch32); default: what the folder's card says, else none")
+    origin.add_argument("--from-scratch", action="store_true", help="say the model was trained from random weights "
+                        "(for a folder without a card)")
+    parser.add_argument("--license", help="license id; default: the card's, else mit")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="prepare and print the folder, upload nothing")
     args = parser.parse_args(argv)
@@ -60,9 +69,11 @@ def run(argv: list[str] | None = None) -> Path:
         datasets=args.dataset,
         dataset_name=args.dataset_name,
         base_model=args.base_model,
+        from_scratch=args.from_scratch,
         license=args.license,
     )
-    print(f"upload folder: {folder}")
+    kept = Path(args.model_dir, "README.md").is_file()
+    print(f"upload folder: {folder} (model card: {'kept from the folder, updated' if kept else 'new'})")
     for path in sorted(folder.iterdir()):
         print(f"  {path.name:32} {path.stat().st_size:>12,d} bytes")
     if args.dry_run:
