@@ -3,9 +3,7 @@ someone who does not have the package."""
 
 import json
 import textwrap
-from pathlib import Path
 
-import huggingface_hub
 import pytest
 import torch
 import yaml
@@ -61,10 +59,14 @@ def test_hub_folder_is_complete(trained_folder, tmp_path):
     (entry,) = metadata["model-index"]
     assert entry["name"] == "hbi-tiny"
     assert [result["metrics"][0]["value"] for result in entry["results"]] == [12.5, 11.0]  # eval_results.json
+    assert "base_model" not in metadata  # nothing says where the weights come from
     assert "at most 4 frames" in card and 'from_pretrained("someone/hbi-tiny"' in card
+    assert {"example.mp4", "example.json"} <= names
     assert missing_hub_files(folder) == []
 
     (folder / "token_merging.py").unlink()  # imported by modeling_hbi, named by no auto_map
+    (folder / "example.mp4").unlink()  # the card's snippet runs on it
+    assert sorted(missing_hub_files(folder)) == ["example.mp4", "token_merging.py"]
     (folder / "README.md").unlink()
     assert sorted(missing_hub_files(folder)) == ["README.md", "token_merging.py"]
     with pytest.raises(ValueError, match="not empty"):
@@ -109,24 +111,3 @@ def test_hub_folder_loads_without_the_package(trained_folder, tmp_path):
     run_without_package(script, tmp_path)
 
 
-def test_push_command(trained_folder, tmp_path, monkeypatch, capsys):
-    push_command([str(trained_folder), "--repo-id", "someone/hbi-tiny", "--output", str(tmp_path / "dry"), "--dry-run"])
-    assert "model.safetensors" in capsys.readouterr().out
-    assert missing_hub_files(tmp_path / "dry") == []
-
-    calls = []
-
-    class RecordingHfApi:  # everything up to the network
-        def create_repo(self, repo_id, private, exist_ok):
-            calls.append(("create_repo", repo_id, private))
-            return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
-
-        def upload_folder(self, folder_path, repo_id, commit_message):
-            calls.append(("upload_folder", repo_id, sorted(path.name for path in Path(folder_path).iterdir())))
-
-    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
-    push_command([str(trained_folder), "--repo-id", "someone/hbi-tiny", "--output", str(tmp_path / "upload"),
-                  "--private"])
-    assert calls[0] == ("create_repo", "someone/hbi-tiny", True)
-    assert calls[1][:2] == ("upload_folder", "someone/hbi-tiny")
-    assert calls[1][2] == sorted(path.name for path in (tmp_path / "upload").iterdir())
