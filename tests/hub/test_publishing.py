@@ -20,10 +20,18 @@ from local_hub import LocalHub
 
 from transformers.utils.hub import PushToHubMixin
 
-from hbi_transformers import HBIModel, HBIPreTrainedModel, HBIProcessor, HBIVideoProcessor
+from hbi_transformers import (
+    HBIForVideoQuestionAnswering,
+    HBIModel,
+    HBIPreTrainedModel,
+    HBIProcessor,
+    HBIVideoProcessor,
+    video_qa_config,
+)
 from hbi_transformers.apps.demo import DemoSettings, caption_tokenizer, save_outputs
 from hbi_transformers.cli.push_to_hub import run as push_command
 from hbi_transformers.hub.publishing import missing_hub_files, write_push_card
+from hbi_transformers.training.metrics.video_qa import video_qa_accuracy
 
 CAPTIONS = ["a red square moves left", "a blue circle appears", "a green triangle shrinks, then it leaves",
             "a red circle grows", "a blue square moves up, then a red triangle appears"]
@@ -216,3 +224,30 @@ def test_remote_code_from_the_hub_needs_no_optional_decoder(demo_folder, tmp_pat
     code = 'from transformers import AutoProcessor\nAutoProcessor.from_pretrained("me/hbi-demo", trust_remote_code=True)'
     run_as_user(code, tmp_path, tmp_path, hub_cache=hub.as_hf_cache("me/hbi-demo", tmp_path / "c"),
                 stub_missing_decoders=False)
+
+
+def test_video_qa_folder_gets_a_video_qa_card_that_runs(demo_folder, tmp_path, monkeypatch):
+    """A folder as hbi-train-qa leaves it: the QA model, its processor, eval_results.json."""
+    qa_folder = tmp_path / "hbi-qa"
+    body = HBIModel.from_pretrained(demo_folder)
+    answers = ["red", "blue", "square", "circle", "two"]
+    config = video_qa_config(body.config, id2label=dict(enumerate(answers)),
+                             label2id={answer: label for label, answer in enumerate(answers)})
+    torch.manual_seed(0)
+    HBIForVideoQuestionAnswering(config).save_pretrained(qa_folder)
+    HBIProcessor.from_pretrained(demo_folder).save_pretrained(qa_folder)
+    metrics = video_qa_accuracy([0, 1, 2, 2], [0, 1, 3, -1], ["what", "what", "who", "how"])
+    (qa_folder / "eval_results.json").write_text(json.dumps(metrics))
+
+    hub = LocalHub(tmp_path / "hub").install(monkeypatch)
+    folder = push_command([str(qa_folder), "--repo-id", "me/hbi-qa", "--output", str(tmp_path / "upload")])
+    card = (hub.repo("me/hbi-qa") / "README.md").read_text()
+    metadata = front_matter(card)
+    assert metadata["pipeline_tag"] == "visual-question-answering"
+    (result,) = metadata["model-index"][0]["results"]
+    assert result["task"]["type"] == "visual-question-answering"
+    assert result["metrics"][0]["value"] == round(200 / 3, 2)  # 2 of the 3 answerable questions
+    assert "questions as at most 24 tokens" in card and "the 5 answers" in card
+    assert missing_hub_files(folder) == []
+    printed = run_as_user(snippet(card), tmp_path, tmp_path, hub_cache=hub.as_hf_cache("me/hbi-qa", tmp_path / "c"))
+    assert printed.strip() in answers

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from ..hub.publishing import prepare_hub_folder
-from ..models.hbi import HBIModel
+from ..models.hbi import HBIConfig, HBIForVideoQuestionAnswering, HBIModel
 from .loading import load_processor
 
 DESCRIPTION = (
@@ -36,7 +36,7 @@ def run(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(
         prog="hbi-push", description=DESCRIPTION, epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("model_dir", help="trained or converted HBI folder")
+    parser.add_argument("model_dir", help="trained or converted HBI folder (retrieval or video QA)")
     parser.add_argument("--repo-id", required=True, help="hub repository, e.g. me/hbi-msrvtt")
     parser.add_argument("--output", help="where to prepare the upload (default: a new temporary folder)")
     parser.add_argument("--tokenizer", help="CLIP tokenizer, for a folder saved without its processor")
@@ -56,7 +56,9 @@ def run(argv: list[str] | None = None) -> Path:
     parser.add_argument("--dry-run", action="store_true", help="prepare and print the folder, upload nothing")
     args = parser.parse_args(argv)
 
-    model = HBIModel.from_pretrained(args.model_dir)
+    config = HBIConfig.from_pretrained(args.model_dir)
+    is_video_qa = HBIForVideoQuestionAnswering.__name__ in (config.architectures or [])
+    model = (HBIForVideoQuestionAnswering if is_video_qa else HBIModel).from_pretrained(args.model_dir)
     # A conversion has no processor: the official video settings with the given tokenizer.
     processor = load_processor(args.model_dir, model.config.vision_config.image_size, args.tokenizer)
     folder = prepare_hub_folder(
