@@ -3,16 +3,20 @@ someone who does not have the package."""
 
 import json
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from huggingface_hub import ModelCard, ModelCardData
 from conftest import run_without_package, textured_frames, tiny_clip_tokenizer, tiny_config, write_mp4
 
 from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor
 from hbi_transformers.cli.loading import load_processor
 from hbi_transformers.cli.push_to_hub import run as push_command
-from hbi_transformers.hub.publishing import missing_hub_files, prepare_hub_folder
+from hbi_transformers.hub.publishing import missing_hub_files, prepare_hub_folder, write_push_card
+
+MODEL_CARDS = Path(__file__).resolve().parents[2] / "model_cards"
 
 REMOTE_CODE = ["configuration_hbi", "modeling_hbi", "wti", "token_merging", "banzhaf_estimator", "losses", "temporal",
                "processing_hbi", "video_processing_hbi", "video_augmentation", "video_io"]
@@ -111,3 +115,40 @@ def test_hub_folder_loads_without_the_package(trained_folder, tmp_path):
     run_without_package(script, tmp_path)
 
 
+
+
+def test_conversion_published_with_the_official_card(trained_folder, tmp_path):
+    converted = tmp_path / "converted"  # what hbi-convert writes: the model only
+    HBIModel.from_pretrained(trained_folder).save_pretrained(converted)
+    HBIProcessor.from_pretrained(trained_folder).tokenizer.save_pretrained(tmp_path / "tokenizer")
+    official = MODEL_CARDS / "hbi-msrvtt-vit-b-32.md"
+    folder = push_command([str(converted), "--repo-id", "someone/hbi-msrvtt", "--tokenizer", str(tmp_path / "tokenizer"),
+                           "--card", str(official), "--output", str(tmp_path / "upload"), "--dry-run"])
+    card = (folder / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---\n")[1])
+    assert metadata == yaml.safe_load(official.read_text().split("---\n")[1])  # paper figures, base model, license
+    assert card.split("<!-- hbi:use -->")[0] == official.read_text().split("<!-- hbi:use -->")[0]
+    assert 'from_pretrained("someone/hbi-msrvtt"' in card and missing_hub_files(folder) == []
+    with pytest.raises(FileNotFoundError, match="no model card at"):
+        push_command([str(converted), "--repo-id", "someone/x", "--tokenizer", str(tmp_path / "tokenizer"),
+                      "--card", str(tmp_path / "absent.md"), "--output", str(tmp_path / "again"), "--dry-run"])
+
+
+def test_push_card_for_a_model_from_nowhere(tmp_path):
+    """A model built in memory, pushed into a repository without a card: a new HBI card, no claim
+    of origin, with the synthetic example clip."""
+    working = tmp_path / "push"
+    model = HBIModel(tiny_config())
+    model.save_pretrained(working)
+    (working / "README.md").write_text(ModelCard.from_template(
+        ModelCardData(library_name="transformers", tags=["mine"]),
+        model_description="This is the model card of a 🤗 transformers model that has been pushed on the Hub. "
+                          "This model card has been automatically generated.",
+    ).content)  # as transformers writes it for a repository without a card
+    write_push_card(model, working, "someone/fresh")
+    card = (working / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---\n")[1])
+    assert "base_model" not in metadata and "mine" in metadata["tags"] and "hbi" in metadata["tags"]
+    assert "An HBI text-video retrieval model." in card and "from scratch" not in card
+    assert 'from_pretrained("someone/fresh"' in card and json.loads((working / "example.json").read_text())["caption"]
+    assert "at most 24 tokens (start\nand end tokens included) of the tokenizer pushed with the processor" in card

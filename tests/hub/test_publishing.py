@@ -140,7 +140,7 @@ def test_push_command_keeps_the_demo_card(demo_folder, tmp_path, capsys):
     demo_card = (demo_folder / "README.md").read_text()
     folder = push_command([str(demo_folder), "--repo-id", "me/hbi-demo", "--output", str(tmp_path / "dry"),
                            "--dry-run"])
-    assert "model card: kept from the folder, updated" in capsys.readouterr().out
+    assert "model card: the folder's, updated" in capsys.readouterr().out
     card = (folder / "README.md").read_text()
     assert front_matter(card) == front_matter(demo_card)  # model-index and results kept, no base model added
     assert card.split("<!-- hbi:use -->")[0] == demo_card.split("<!-- hbi:use -->")[0]

@@ -188,7 +188,8 @@ def save_outputs(model, processor, summary: dict, table: str, example, output_di
         datasets=["synthetic-shapes"],
         dataset_name="synthetic shapes corpus (test split)",
         description=(
-            f"A small HBI ({settings['hidden_size']} wide, {settings['num_layers']} layers per tower) trained from "
+            f"A small HBI ({settings['hidden_size']} wide, {settings['num_layers']} "
+            f"layer{'s' if settings['num_layers'] != 1 else ''} per tower) trained from "
             f"scratch (random initial weights, no CLIP weights) on CPU in {summary['minutes']:.1f} minutes by "
             "`hbi-demo` (`hbi-train` with no arguments), on the synthetic shapes corpus of hbi-transformers "
             f"(coloured shapes acting out sequences of events). Captions are read with {tokenizer_sentence}. "

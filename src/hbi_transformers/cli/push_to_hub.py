@@ -43,6 +43,8 @@ def run(argv: list[str] | None = None) -> Path:
     parser.add_argument("--metrics", action="append", help="metrics file of one of our commands for the card "
                         "(repeatable); default: the card's own figures, or for a folder without a card the "
                         "metrics files in it (eval_results.json, metrics.json, history.json)")
+    parser.add_argument("--card", help="model card to start from instead of MODEL_DIR/README.md, e.g. "
+                        "model_cards/hbi-msrvtt-vit-b-32.md for a conversion of the official checkpoint")
     parser.add_argument("--dataset", action="append", default=[], help="hub dataset id (repeatable); the first is "
                         "the evaluation set")
     parser.add_argument("--dataset-name", help="readable name of the evaluation set")
@@ -67,6 +69,7 @@ def run(argv: list[str] | None = None) -> Path:
         args.model_dir,
         args.output or tempfile.mkdtemp(prefix="hbi-hub-"),
         card_metrics=args.metrics,
+        card=args.card,
         repo_id=args.repo_id,
         datasets=args.dataset,
         dataset_name=args.dataset_name,
@@ -74,8 +77,8 @@ def run(argv: list[str] | None = None) -> Path:
         from_scratch=args.from_scratch,
         license=args.license,
     )
-    kept = Path(args.model_dir, "README.md").is_file()
-    print(f"upload folder: {folder} (model card: {'kept from the folder, updated' if kept else 'new'})")
+    kept = args.card or (Path(args.model_dir, "README.md").is_file() and "the folder's")
+    print(f"upload folder: {folder} (model card: {f'{kept}, updated' if kept else 'new'})")
     for path in sorted(folder.iterdir()):
         print(f"  {path.name:32} {path.stat().st_size:>12,d} bytes")
     if args.dry_run:

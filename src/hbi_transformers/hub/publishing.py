@@ -114,6 +114,7 @@ def prepare_hub_folder(
     model_dir: str | os.PathLike,
     output_dir: str | os.PathLike,
     card_metrics=None,
+    card: str | os.PathLike | None = None,
     **card_options,
 ) -> Path:
     """Writes into `output_dir` (new or empty) everything a hub repository of the model needs, and
@@ -128,6 +129,8 @@ def prepare_hub_folder(
         card_metrics: metrics files (or one path, or a dict) for the card; they replace the
             figures of the folder's card. By default a folder with a card keeps its figures, and
             one without takes those of the metrics files our commands left in it.
+        card: a card file to start from instead of the folder's own (e.g. `model_cards/<name>.md`
+            for a conversion of an official checkpoint); kept and updated the same way.
         card_options: `hub_model_card`'s (`repo_id`, `base_model`, `from_scratch`, `datasets`,
             `dataset_name`, `license`, `tags`, `model_name`).
 
@@ -142,12 +145,15 @@ def prepare_hub_folder(
     model.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     example = _copy_example(model_dir, output_dir, model_task(model))
-    existing_card, metrics = _folder_card(model_dir, metrics)
+    if card is not None and not Path(card).is_file():
+        raise FileNotFoundError(f"no model card at {card}")
+    existing_card, metrics = (Path(card).read_text(), metrics) if card is not None else _folder_card(model_dir, metrics)
     if card_options.get("repo_id") is None:
         card_options.setdefault("local_path", str(output_dir))
         card_options.setdefault("model_name", model_dir.resolve().name)
-    card = hub_model_card(model, processor, example, metrics, existing_card=existing_card, **card_options)
-    (output_dir / CARD_FILE).write_text(card)
+    (output_dir / CARD_FILE).write_text(
+        hub_model_card(model, processor, example, metrics, existing_card=existing_card, **card_options)
+    )
 
     missing = missing_hub_files(output_dir)
     if missing:
