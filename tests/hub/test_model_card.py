@@ -223,3 +223,63 @@ def test_update_keeps_the_card_and_replaces_only_what_is_given(tmp_path):
     appended = update_model_card(foreign, EVALUATION, use=new_use)
     assert appended.index("My own words.") < appended.index("## Results") < appended.index("## Use")
     assert front_matter(appended)["license"] == "cc-by-4.0"
+
+
+OLD_DEMO_CARD = """---
+base_model: openai/clip-vit-base-patch32
+datasets:
+- synthetic-shapes
+library_name: transformers
+model-index:
+- name: hbi-synthetic-shapes
+  results:
+  - task:
+      type: text-to-video-retrieval
+      name: Text-to-video retrieval
+    dataset:
+      name: synthetic shapes corpus (test split)
+      type: synthetic-shapes
+      split: test
+    metrics:
+    - type: recall_at_1
+      value: 24.4
+      name: R@1
+---
+
+# hbi-synthetic-shapes
+
+A small HBI trained from scratch on CPU.
+
+## Results
+
+```
+model     direction   R@1  R@50
+measured  t2v        24.4     -
+```
+
+## Use
+
+model = AutoModel.from_pretrained("hbi-synthetic-shapes", trust_remote_code=True)
+
+### Large galleries
+
+Encode once.
+
+## Citation
+
+(the paper)
+"""
+
+
+def test_a_card_without_marks_gets_its_sections_replaced_under_their_headings():
+    """A card written before the marks (as the demo's was): the sections under the same headings
+    are replaced, the rest kept; `from_scratch` drops the base model it wrongly named."""
+    use = use_section("me/hbi-demo", local=False, example=ExampleClip("a red square appears", "a test clip"))
+    card = update_model_card(OLD_DEMO_CARD, DEMO_SUMMARY, use=use, from_scratch=True)
+    metadata = front_matter(card)
+    assert "base_model" not in metadata and metadata["datasets"] == ["synthetic-shapes"]
+    assert results_by(metadata)["text-to-video-retrieval", None]["recall_at_50"] == 97.2
+    assert card.count("## Results") == 1 and card.count("## Use") == 1 and "### Large galleries" not in card
+    assert 'from_pretrained("hbi-synthetic-shapes"' not in card and 'from_pretrained("me/hbi-demo"' in card
+    assert "A small HBI trained from scratch on CPU." in card and card.rstrip().endswith("## Citation\n\n(the paper)")
+    assert card.index("## Results") < card.index("## Use") < card.index("## Citation")

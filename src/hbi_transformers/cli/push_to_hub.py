@@ -51,8 +51,8 @@ def run(argv: list[str] | None = None) -> Path:
     origin = parser.add_mutually_exclusive_group()
     origin.add_argument("--base-model", help="hub id of the checkpoint the weights were fine-tuned or converted from "
                         "(e.g. openai/clip-vit-base-patch32); default: what the folder's card says, else none")
-    origin.add_argument("--from-scratch", action="store_true", help="say the model was trained from random weights "
-                        "(for a folder without a card)")
+    origin.add_argument("--from-scratch", action="store_true", help="the model was trained from random weights: a new "
+                        "card says so, a kept card loses its base_model")
     parser.add_argument("--license", help="license id; default: the card's, else mit")
     parser.add_argument("--private", action="store_true")
     parser.add_argument("--dry-run", action="store_true", help="prepare and print the folder, upload nothing")

@@ -278,10 +278,16 @@ def render_model_card(
 
 
 def _replace_marked(text: str, mark: str, section: str) -> str:
-    """`text` with its `mark` section replaced by `section`, or `section` appended when it has none."""
-    pattern = re.compile(rf"<!-- {re.escape(mark)} -->.*?<!-- /{re.escape(mark)} -->", re.DOTALL)
-    if pattern.search(text):
-        return pattern.sub(lambda _: section, text, count=1)
+    """`text` with its `mark` section replaced by `section`; in a card without the marks (a
+    foreign or older one), the section under the same heading is replaced, else `section` is
+    appended."""
+    marked = re.compile(rf"<!-- {re.escape(mark)} -->.*?<!-- /{re.escape(mark)} -->", re.DOTALL)
+    if marked.search(text):
+        return marked.sub(lambda _: section, text, count=1)
+    heading = section.split("\n")[1]  # the line after the opening mark
+    same_heading = re.compile(rf"^{re.escape(heading)}[ \t]*\n.*?(?=^#{{1,2}} |\Z)", re.DOTALL | re.MULTILINE)
+    if same_heading.search(text):
+        return same_heading.sub(lambda _: section + "\n\n", text, count=1)
     return text.rstrip("\n") + "\n\n" + section + "\n"
 
 
@@ -292,6 +298,7 @@ def update_model_card(
     use: str | None = None,
     model_name: str | None = None,
     base_model: str | None = None,
+    from_scratch: bool = False,
     task: str = RETRIEVAL,
     datasets: Sequence[str] = (),
     dataset_name: str | None = None,
@@ -301,8 +308,10 @@ def update_model_card(
 ) -> str:
     """An existing card brought up to date, everything else of it kept: with `metrics`, its
     model-index and Results section are replaced by theirs; `use` replaces its Use section; a
-    `base_model`, `license`, `datasets` and `tags` given are set or added. A section the card lacks
-    is appended."""
+    `base_model`, `license`, `datasets` and `tags` given are set or added; `from_scratch` removes
+    the card's base model. A section the card lacks is appended."""
+    if from_scratch and base_model:
+        raise ValueError(f"a model trained from scratch has no base model, got base_model={base_model!r}")
     card = ModelCard(card_text)
     data = card.data
     measured = as_card_metrics(metrics)
@@ -316,6 +325,8 @@ def update_model_card(
         card.text = _replace_marked(card.text, RESULTS_MARK, results_section(measured))
     if base_model:
         data.base_model = hub_model_id(base_model) or data.base_model
+    if from_scratch:
+        data.base_model = None
     if license:
         data.license = license
     if datasets:

@@ -27,7 +27,6 @@ from .model_card import (
     use_section,
 )
 
-EVALUATION_FILE = "eval_results.json"  # what hbi-train and hbi-train-qa write beside the model
 CARD_FILE = "README.md"
 _RELATIVE_IMPORT = re.compile(r"^\s*from \.(\w+) import", re.MULTILINE)
 # The text transformers' push_to_hub puts in a card it makes for a repository that has none.
@@ -36,8 +35,7 @@ _TRANSFORMERS_DEFAULT_CARD = "This is the model card of a 🤗 transformers mode
 
 def model_task(model) -> str:
     """`"video-question-answering"` for an HBI video QA model, else `"retrieval"`."""
-    return VIDEO_QA if getattr(model.config, "id2label", None) and "QuestionAnswering" in type(model).__name__ \
-        else RETRIEVAL
+    return VIDEO_QA if "QuestionAnswering" in type(model).__name__ else RETRIEVAL
 
 
 def model_use_section(model, processor, model_id: str, *, local: bool, example) -> str:
@@ -82,8 +80,8 @@ def hub_model_card(
 
     An `existing_card` is kept and updated: its Use section names the new place, `metrics` (when
     given) replace its figures, the other options given are set; the rest of it (its description,
-    origin, its own sections) stays. Without one, a new card, which states an origin only when
-    `base_model` or `from_scratch` says one.
+    origin, its own sections) stays; `from_scratch` removes a base model from its metadata. Without
+    one, a new card, which states an origin only when `base_model` or `from_scratch` says one.
     """
     if repo_id is None and local_path is None:
         raise ValueError("give the repo_id the card is published under, or the local_path of its folder")
@@ -91,7 +89,7 @@ def hub_model_card(
     task = model_task(model)
     if existing_card is not None:
         return update_model_card(existing_card, metrics, use=use, model_name=model_name, base_model=base_model,
-                                 task=task, datasets=datasets, dataset_name=dataset_name, license=license, tags=tags)
+                                 from_scratch=from_scratch, task=task, datasets=datasets, dataset_name=dataset_name, license=license, tags=tags)
     return render_model_card(
         model_name or (repo_id or local_path).rstrip("/").split("/")[-1], metrics,
         base_model=base_model, from_scratch=from_scratch, task=task, datasets=datasets, dataset_name=dataset_name,
