@@ -14,6 +14,7 @@ from conftest import run_without_package, textured_frames, tiny_clip_tokenizer, 
 from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor
 from hbi_transformers.cli.loading import load_processor
 from hbi_transformers.cli.push_to_hub import run as push_command
+from hbi_transformers.hub.example_clip import synthetic_example
 from hbi_transformers.hub.publishing import missing_hub_files, prepare_hub_folder, write_push_card
 
 MODEL_CARDS = Path(__file__).resolve().parents[2] / "model_cards"
@@ -66,6 +67,8 @@ def test_hub_folder_is_complete(trained_folder, tmp_path):
     assert "base_model" not in metadata  # nothing says where the weights come from
     assert "at most 4 frames" in card and 'from_pretrained("someone/hbi-tiny"' in card
     assert {"example.mp4", "example.json"} <= names
+    # No example in the folder: the synthetic clip, whose caption its plan gives without rendering.
+    assert json.loads((folder / "example.json").read_text())["caption"] == synthetic_example().caption
     assert missing_hub_files(folder) == []
 
     (folder / "token_merging.py").unlink()  # imported by modeling_hbi, named by no auto_map

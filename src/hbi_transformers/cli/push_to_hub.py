@@ -1,8 +1,8 @@
 """`hbi-push`: publish a trained or converted HBI folder on the Hugging Face hub.
 
     hbi-push hbi-demo --repo-id me/hbi-demo --dry-run
-    hbi-push hbi-msrvtt --repo-id me/hbi-msrvtt --metrics hbi-msrvtt/eval_results.json \
-        --base-model openai/clip-vit-base-patch32 --dataset friedrichor/MSR-VTT --dataset-name "MSR-VTT 1k-A"
+    hbi-push hbi-msrvtt --repo-id me/hbi-msrvtt --metrics hbi-msrvtt/eval_results.json
+    hbi-push converted --repo-id me/hbi-msrvtt-vit-b-32 --card model_cards/hbi-msrvtt-vit-b-32.md --tokenizer clip-tokenizer
 
 The upload folder is prepared first (`hbi_transformers.hub.publishing.prepare_hub_folder`): the
 model's and processor's `save_pretrained` output (config with `auto_map`, safetensors weights,
