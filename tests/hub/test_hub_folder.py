@@ -5,16 +5,19 @@ import json
 import textwrap
 from pathlib import Path
 
-import huggingface_hub
 import pytest
 import torch
 import yaml
+from huggingface_hub import ModelCard, ModelCardData
 from conftest import run_without_package, textured_frames, tiny_clip_tokenizer, tiny_config, write_mp4
 
 from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor
 from hbi_transformers.cli.loading import load_processor
 from hbi_transformers.cli.push_to_hub import run as push_command
-from hbi_transformers.hub.publishing import missing_hub_files, prepare_hub_folder
+from hbi_transformers.hub.example_clip import synthetic_example
+from hbi_transformers.hub.publishing import missing_hub_files, prepare_hub_folder, write_push_card
+
+MODEL_CARDS = Path(__file__).resolve().parents[2] / "model_cards"
 
 REMOTE_CODE = ["configuration_hbi", "modeling_hbi", "wti", "token_merging", "banzhaf_estimator", "losses", "temporal",
                "processing_hbi", "video_processing_hbi", "video_augmentation", "video_io"]
@@ -61,10 +64,16 @@ def test_hub_folder_is_complete(trained_folder, tmp_path):
     (entry,) = metadata["model-index"]
     assert entry["name"] == "hbi-tiny"
     assert [result["metrics"][0]["value"] for result in entry["results"]] == [12.5, 11.0]  # eval_results.json
+    assert "base_model" not in metadata  # nothing says where the weights come from
     assert "at most 4 frames" in card and 'from_pretrained("someone/hbi-tiny"' in card
+    assert {"example.mp4", "example.json"} <= names
+    # No example in the folder: the synthetic clip, whose caption its plan gives without rendering.
+    assert json.loads((folder / "example.json").read_text())["caption"] == synthetic_example().caption
     assert missing_hub_files(folder) == []
 
     (folder / "token_merging.py").unlink()  # imported by modeling_hbi, named by no auto_map
+    (folder / "example.mp4").unlink()  # the card's snippet runs on it
+    assert sorted(missing_hub_files(folder)) == ["example.mp4", "token_merging.py"]
     (folder / "README.md").unlink()
     assert sorted(missing_hub_files(folder)) == ["README.md", "token_merging.py"]
     with pytest.raises(ValueError, match="not empty"):
@@ -109,24 +118,40 @@ def test_hub_folder_loads_without_the_package(trained_folder, tmp_path):
     run_without_package(script, tmp_path)
 
 
-def test_push_command(trained_folder, tmp_path, monkeypatch, capsys):
-    push_command([str(trained_folder), "--repo-id", "someone/hbi-tiny", "--output", str(tmp_path / "dry"), "--dry-run"])
-    assert "model.safetensors" in capsys.readouterr().out
-    assert missing_hub_files(tmp_path / "dry") == []
 
-    calls = []
 
-    class RecordingHfApi:  # everything up to the network
-        def create_repo(self, repo_id, private, exist_ok):
-            calls.append(("create_repo", repo_id, private))
-            return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+def test_conversion_published_with_the_official_card(trained_folder, tmp_path):
+    converted = tmp_path / "converted"  # what hbi-convert writes: the model only
+    HBIModel.from_pretrained(trained_folder).save_pretrained(converted)
+    HBIProcessor.from_pretrained(trained_folder).tokenizer.save_pretrained(tmp_path / "tokenizer")
+    official = MODEL_CARDS / "hbi-msrvtt-vit-b-32.md"
+    folder = push_command([str(converted), "--repo-id", "someone/hbi-msrvtt", "--tokenizer", str(tmp_path / "tokenizer"),
+                           "--card", str(official), "--output", str(tmp_path / "upload"), "--dry-run"])
+    card = (folder / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---\n")[1])
+    assert metadata == yaml.safe_load(official.read_text().split("---\n")[1])  # paper figures, base model, license
+    assert card.split("<!-- hbi:use -->")[0] == official.read_text().split("<!-- hbi:use -->")[0]
+    assert 'from_pretrained("someone/hbi-msrvtt"' in card and missing_hub_files(folder) == []
+    with pytest.raises(FileNotFoundError, match="no model card at"):
+        push_command([str(converted), "--repo-id", "someone/x", "--tokenizer", str(tmp_path / "tokenizer"),
+                      "--card", str(tmp_path / "absent.md"), "--output", str(tmp_path / "again"), "--dry-run"])
 
-        def upload_folder(self, folder_path, repo_id, commit_message):
-            calls.append(("upload_folder", repo_id, sorted(path.name for path in Path(folder_path).iterdir())))
 
-    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
-    push_command([str(trained_folder), "--repo-id", "someone/hbi-tiny", "--output", str(tmp_path / "upload"),
-                  "--private"])
-    assert calls[0] == ("create_repo", "someone/hbi-tiny", True)
-    assert calls[1][:2] == ("upload_folder", "someone/hbi-tiny")
-    assert calls[1][2] == sorted(path.name for path in (tmp_path / "upload").iterdir())
+def test_push_card_for_a_model_from_nowhere(tmp_path):
+    """A model built in memory, pushed into a repository without a card: a new HBI card, no claim
+    of origin, with the synthetic example clip."""
+    working = tmp_path / "push"
+    model = HBIModel(tiny_config())
+    model.save_pretrained(working)
+    (working / "README.md").write_text(ModelCard.from_template(
+        ModelCardData(library_name="transformers", tags=["mine"]),
+        model_description="This is the model card of a 🤗 transformers model that has been pushed on the Hub. "
+                          "This model card has been automatically generated.",
+    ).content)  # as transformers writes it for a repository without a card
+    write_push_card(model, working, "someone/fresh")
+    card = (working / "README.md").read_text()
+    metadata = yaml.safe_load(card.split("---\n")[1])
+    assert "base_model" not in metadata and "mine" in metadata["tags"] and "hbi" in metadata["tags"]
+    assert "An HBI text-video retrieval model." in card and "from scratch" not in card
+    assert 'from_pretrained("someone/fresh"' in card and json.loads((working / "example.json").read_text())["caption"]
+    assert "at most 24 tokens (start\nand end tokens included) of the tokenizer pushed with the processor" in card

@@ -17,7 +17,8 @@ from transformers import AutoTokenizer, CLIPTokenizer, set_seed
 from transformers.utils import logging
 
 from ..data import HBIDataCollator, clip_vocabulary, iter_annotations, load_video_text_dataset, make_synthetic_corpus
-from ..hub.model_card import write_model_card
+from ..hub.example_clip import write_example
+from ..hub.model_card import describe_tokenizer, write_model_card
 from ..models.hbi import HBIConfig, HBIModel, HBIProcessor, HBIVideoProcessor
 from ..models.hbi.banzhaf_estimator import BanzhafEstimator
 from ..training import HBITrainer, HBITrainingArguments, evaluate_retrieval, format_metrics_table
@@ -25,6 +26,9 @@ from ..training.estimator_pretraining import LabelShardDataset, save_estimator, 
 from .visualization import interaction_maps, plot_interaction_maps
 
 logger = logging.get_logger(__name__)
+# What the model card says of the demo's example clip and of a tokenizer trained here.
+EXAMPLE_SOURCE = "a clip of the test split of the synthetic shapes corpus this model was trained on (not seen in training)"
+TRAINED_TOKENIZER_ORIGIN = "trained on the training captions of the synthetic corpus (byte-level BPE, not CLIP's vocabulary)"
 
 
 @dataclass
@@ -174,19 +178,25 @@ def save_outputs(model, processor, summary: dict, table: str, example, output_di
     (output_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     (output_dir / "metrics.txt").write_text(table + "\n")
     settings = summary["settings"]
+    write_example(output_dir, example.video, example.caption, EXAMPLE_SOURCE)
+    tokenizer_sentence = describe_tokenizer(processor.tokenizer, TRAINED_TOKENIZER_ORIGIN)
     write_model_card(
         output_dir,
-        summary["trained"],
+        output_dir / "metrics.json",
         model_name="hbi-synthetic-shapes",
-        base_model=None,
+        from_scratch=True,
         datasets=["synthetic-shapes"],
         dataset_name="synthetic shapes corpus (test split)",
         description=(
-            f"A small HBI ({settings['hidden_size']} wide, {settings['num_layers']} layers per tower) trained from "
-            f"scratch on CPU in {summary['minutes']:.1f} minutes by `hbi-train` with no arguments, on the synthetic "
-            "shapes corpus of hbi-transformers (coloured shapes acting out sequences of events). A demonstration, "
-            "not a model for real videos."
+            f"A small HBI ({settings['hidden_size']} wide, {settings['num_layers']} "
+            f"layer{'s' if settings['num_layers'] != 1 else ''} per tower) trained from "
+            f"scratch (random initial weights, no CLIP weights) on CPU in {summary['minutes']:.1f} minutes by "
+            "`hbi-demo` (`hbi-train` with no arguments), on the synthetic shapes corpus of hbi-transformers "
+            f"(coloured shapes acting out sequences of events). Captions are read with {tokenizer_sentence}. "
+            "A demonstration, not a model for real videos."
         ),
+        tokenizer=processor.tokenizer,
+        tokenizer_origin=TRAINED_TOKENIZER_ORIGIN,
         max_frames=settings["max_frames"],
         video_framerate=settings["video_framerate"],
         image_size=settings["image_size"],
