@@ -12,6 +12,7 @@ from transformers import (
 from .apps.search import IndexReport, SearchHit, VideoIndex, build_index, search
 from .data import HBIDataCollator, VideoTextRecord, iter_annotations, load_video_text_dataset
 from .hub.model_card import render_model_card, write_model_card
+from .hub.publishing import write_push_card
 from .models.hbi import (
     DecodedVideo,
     HBIConfig,
@@ -38,6 +39,7 @@ AutoModel.register(HBIConfig, HBIModel, exist_ok=True)
 # (pixels and a question in, answer-vocabulary logits with id2label out).
 AutoModelForVisualQuestionAnswering.register(HBIConfig, HBIForVideoQuestionAnswering, exist_ok=True)
 AutoVideoProcessor.register(HBIConfig, HBIVideoProcessor, exist_ok=True)
+HBIPreTrainedModel.push_card_writer = staticmethod(write_push_card)
 AutoProcessor.register(HBIConfig, HBIProcessor, exist_ok=True)
 # Saved or pushed models then carry `auto_map` and their code, so that
 # `AutoModel.from_pretrained(path, trust_remote_code=True)` works without this package.

@@ -18,7 +18,6 @@ import yaml
 from conftest import textured_frames, tiny_config, write_mp4
 from local_hub import LocalHub
 
-from transformers.utils.hub import PushToHubMixin
 
 from hbi_transformers import (
     HBIForVideoQuestionAnswering,
@@ -30,7 +29,7 @@ from hbi_transformers import (
 )
 from hbi_transformers.apps.demo import DemoSettings, caption_tokenizer, save_outputs
 from hbi_transformers.cli.push_to_hub import run as push_command
-from hbi_transformers.hub.publishing import missing_hub_files, write_push_card
+from hbi_transformers.hub.publishing import missing_hub_files
 from hbi_transformers.training.metrics.video_qa import video_qa_accuracy
 
 CAPTIONS = ["a red square moves left", "a blue circle appears", "a green triangle shrinks, then it leaves",
@@ -180,26 +179,21 @@ def test_push_command_uploads_a_folder_whose_snippet_runs(demo_folder, tmp_path,
     assert "tensor(" in printed
 
 
-def upload_with_hbi_card(self, working_dir, repo_id, *args, **kwargs):
-    """The push_to_hub hook proposed for `HBIPreTrainedModel` (see docs/publishing.md)."""
-    write_push_card(self, working_dir, repo_id)
-    return PushToHubMixin._upload_modified_files(self, working_dir, repo_id, *args, **kwargs)
-
-
 def test_model_and_processor_push_to_hub(demo_folder, tmp_path, monkeypatch):
     hub = LocalHub(tmp_path / "hub").install(monkeypatch)
     model = HBIModel.from_pretrained(demo_folder)
     processor = HBIProcessor.from_pretrained(demo_folder)
-    model.push_to_hub("me/plain")
-    processor.push_to_hub("me/plain")
+    # As remote code loaded without the package: transformers' default card, nothing of HBI in it.
+    with monkeypatch.context() as without_package:
+        without_package.setattr(HBIPreTrainedModel, "push_card_writer", None)
+        model.push_to_hub("me/plain")
+        processor.push_to_hub("me/plain")
     (_, _, model_files), (_, _, processor_files) = hub.commits
     assert {"config.json", "model.safetensors", "README.md"} | MODEL_CODE <= set(model_files)
     assert PROCESSOR_FILES | PROCESSOR_CODE | {"README.md"} <= set(processor_files)
-    # Without the hook the card is transformers' default one: nothing of HBI in it.
     assert "hbi:use" not in (hub.repo("me/plain") / "README.md").read_text()
 
-    # With it, the demo's card, pointed at the repository, with its example clip.
-    monkeypatch.setattr(HBIPreTrainedModel, "_upload_modified_files", upload_with_hbi_card, raising=False)
+    # With the package: the demo's card, pointed at the repository, with its example clip.
     model.push_to_hub("me/hooked")
     processor.push_to_hub("me/hooked")  # keeps the card the repository now has
     card = (hub.repo("me/hooked") / "README.md").read_text()

@@ -195,6 +195,15 @@ class HBIPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["CLIPTextEmbeddings", "CLIPEncoderLayer", "CLIPVisionEmbeddings"]
     _supports_sdpa = True
 
+    # Set by the hbi_transformers package to write an HBI model card into the folder
+    # `push_to_hub` uploads; None in remote code loaded without the package (transformers' card).
+    push_card_writer = None
+
+    def _upload_modified_files(self, working_dir, repo_id, *args, **kwargs):
+        if HBIPreTrainedModel.push_card_writer is not None:
+            HBIPreTrainedModel.push_card_writer(self, working_dir, repo_id)
+        return super()._upload_modified_files(working_dir, repo_id, *args, **kwargs)
+
     def set_attn_implementation(self, attn_implementation, *args, **kwargs):
         super().set_attn_implementation(attn_implementation, *args, **kwargs)
         # The temporal transformer is a CLIP encoder on its own copy of the text config.
