@@ -12,10 +12,10 @@ logger = logging.get_logger(__name__)
 
 
 def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers and `taskset` set)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    """The cores this process may run on (its CPU affinity, which containers and `taskset` set),
+    shared with the other processes of a distributed run on this machine (`LOCAL_WORLD_SIZE`)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
 
 
 @dataclass(frozen=True)
