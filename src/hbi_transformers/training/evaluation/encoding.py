@@ -90,7 +90,10 @@ def encode_clips(
     # A single batch leaves nothing to overlap with.
     workers = min(workers, len(batches)) if len(batches) > 1 else 0
     loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=_as_produced)
-    for start, batch, failures in tqdm(loader, desc=description, unit="batch", disable=not progress):
+    # An iterator, not the loader: tqdm.auto calls iter() on an iterable at once, which would start
+    # a second set of workers.
+    batches_in_order = tqdm(iter(loader), total=len(loader), desc=description, unit="batch", disable=not progress)
+    for start, batch, failures in batches_in_order:
         batch_clips = list(clips[start : start + batch_size])
         collator.count_videos(batch_clips, failures)
         if batch is None:
