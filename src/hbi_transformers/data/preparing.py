@@ -74,7 +74,7 @@ def _encode_frame(frame: np.ndarray, settings: PreparedSettings) -> bytes:
     if settings.frame_format == "png":
         Image.fromarray(frame).save(buffer, format="PNG", compress_level=1)
     else:
-        Image.fromarray(frame).save(buffer, format="JPEG", quality=settings.jpeg_quality)
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=settings.jpeg_quality, subsampling=0)
     return buffer.getvalue()
 
 
@@ -140,7 +140,8 @@ def _write_shard(output_dir: Path, index: int, rows: list[dict], bad: list) -> N
     path = output_dir / _shard_name(index)
     temporary = path.with_suffix(".parquet.partial")
     positions = [row.pop("position") for row in rows]
-    with pq.ParquetWriter(temporary, _clip_schema()) as writer:
+    # Frames are stored uncompressed: raw pixels read fastest so, PNG and JPEG are compressed already.
+    with pq.ParquetWriter(temporary, _clip_schema(), compression="none", use_dictionary=False) as writer:
         for row in rows:
             writer.write_table(pa.Table.from_pylist([row], schema=_clip_schema()))
     os.replace(temporary, path)
