@@ -53,6 +53,7 @@ setup(
             "hbi-build-tokenizer=hbi_transformers.cli.build_tokenizer:main",
             "hbi-make-corpus=hbi_transformers.cli.make_corpus:main",
             "hbi-push=hbi_transformers.cli.push_to_hub:main",
+            "hbi-prepare=hbi_transformers.cli.prepare:main",
         ],
     },
     classifiers=[

@@ -11,9 +11,10 @@ import torch.multiprocessing as mp
 from conftest import textured_frames, tiny_config, tiny_processor, write_mp4
 
 from hbi_transformers import HBIForVideoQuestionAnswering, HBIModel
-from hbi_transformers.data import HBIDataCollator, VideoTextRecord
+from hbi_transformers.data import HBIDataCollator, VideoTextRecord, unique_videos
 from hbi_transformers.models.hbi.configuration_hbi import video_qa_config
 from hbi_transformers.training import encode_corpus, evaluate_retrieval, evaluate_video_qa
+from hbi_transformers.training.evaluation.encoding import encode_clips
 
 WORLD_SIZE = 2
 CAPTIONS = ("a cat", "dog", "cat dog", "a dog")
@@ -90,6 +91,40 @@ def test_each_clip_is_decoded_once_and_encoded_as_on_its_own(tmp_path):
         clip_row = corpus.text_to_video[row]
         torch.testing.assert_close(corpus.videos.video_embeds[clip_row], video.video_embeds[0], atol=1e-5, rtol=1e-5)
         assert torch.equal(corpus.videos.video_mask[clip_row], video.video_mask[0])
+
+
+def test_workers_decode_and_this_process_counts(tmp_path, monkeypatch):
+    """With DataLoader workers the clips decode in other processes, the encoded clips are those of
+    decoding here, and the failures are counted here once (the workers' counters are copies)."""
+    write_clips(tmp_path)
+    processor, records, text_config = make_corpus(tmp_path, tmp_path)
+    model = retrieval_model(text_config)
+    clips = unique_videos(records)
+    decoders = tmp_path / "decoders.txt"
+    decode = HBIDataCollator.decode_videos
+
+    def decode_and_note_process(self, *args, **kwargs):
+        with open(decoders, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        return decode(self, *args, **kwargs)
+
+    monkeypatch.setattr(HBIDataCollator, "decode_videos", decode_and_note_process)
+    results = {}
+    for workers in (0, 2):
+        collator = HBIDataCollator(processor, max_bad_fraction=1.0)
+        encoded = list(encode_clips(model, collator, clips, batch_size=2, with_metadata=True, progress=False,
+                                    num_workers=workers))
+        results[workers] = encoded, collator
+    pids = [int(line) for line in decoders.read_text().split()]
+    assert pids[:3] == [os.getpid()] * 3 and len(pids) == 6
+    assert os.getpid() not in pids[3:] and len(set(pids[3:])) == 2
+    (alone, alone_collator), (parallel, parallel_collator) = results[0], results[2]
+    assert [batch.positions for batch in parallel] == [batch.positions for batch in alone] == [[0, 1], [2], [4]]
+    for ours, theirs in zip(parallel, alone):
+        assert torch.equal(ours.videos.video_embeds, theirs.videos.video_embeds)
+        assert ours.metadata == theirs.metadata
+    assert parallel_collator.seen_items == 5
+    assert [item.name for item in parallel_collator.bad_items] == [str(tmp_path / "clip3.mp4")]
 
 
 def worker(rank, init_file, root, result_dir):

@@ -4,12 +4,15 @@ command combines only the ones it uses, so that its `--help` lists only its own 
 import argparse
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import HfArgumentParser
 from transformers.utils import logging
 
+from ..data import Parallelism, apply_parallelism, choose_parallelism
 from ..models.hbi import HBIProcessor
 from ..training.recipes import RECIPES, Recipe, per_process_batch_size
 from .loading import frame_sampling_for, load_processor
@@ -85,8 +88,12 @@ class CorpusArguments:
             max_words=self.max_words,
             max_frames=self.max_frames,
             video_framerate=self.video_framerate,
-            frame_sampling=frame_sampling_for(self.dataset, self.frame_sampling),
+            frame_sampling=frame_sampling_for(self.dataset, self.frame_sampling, self._annotation_sources()),
         )
+
+    def _annotation_sources(self) -> tuple:
+        names = ("annotations", "eval_annotations", "train_annotations")
+        return tuple(getattr(self, name) for name in names if getattr(self, name, None) is not None)
 
 
 @dataclass
@@ -110,6 +117,33 @@ class LabelCorpusArguments(CorpusArguments):
     train_annotations: str | None = field(
         default=None, metadata={"help": "generic: the annotations of the pairs to label."}
     )
+
+
+@dataclass
+class ParallelismArguments:
+    torch_threads: int | None = field(
+        default=None,
+        metadata={"help": "torch compute threads; None: chosen with the decoding workers from the cores, so that "
+                  "workers + threads <= cores (docs/video_input.md)."},
+    )
+
+
+def configure_parallelism(
+    parallelism_args: ParallelismArguments, argv: list[str] | None = None, training_args=None
+) -> Parallelism:
+    """Chooses and sets torch's threads and, for a training command, `training_args`'
+    `dataloader_num_workers`, from the cores: an explicit `--torch_threads` or
+    `--dataloader_num_workers` is kept and the other takes the cores left. Evaluation inside the
+    command decodes in the cores the threads leave free (`encode_clips`)."""
+    argv = sys.argv[1:] if argv is None else argv
+    workers = None
+    if training_args is not None and any(arg.split("=")[0] == "--dataloader_num_workers" for arg in argv):
+        workers = training_args.dataloader_num_workers
+    chosen = apply_parallelism(choose_parallelism(workers, parallelism_args.torch_threads,
+                                                  accelerator=torch.cuda.is_available()))
+    if training_args is not None:
+        training_args.dataloader_num_workers = chosen.workers
+    return chosen
 
 
 def parse_with_recipe(parser: HfArgumentParser, argv: list[str] | None) -> tuple[tuple, Recipe | None]:

@@ -8,7 +8,13 @@ from transformers import HfArgumentParser
 
 from ..data import HBIDataCollator
 from ..training import evaluate_retrieval, format_metrics_table
-from .arguments import EvaluationCorpusArguments, RetrievalModelArguments, parse_with_recipe
+from .arguments import (
+    EvaluationCorpusArguments,
+    ParallelismArguments,
+    RetrievalModelArguments,
+    configure_parallelism,
+    parse_with_recipe,
+)
 from .loading import default_device, load_corpus, load_model
 
 DESCRIPTION = (
@@ -29,10 +35,11 @@ class EvaluationArguments:
 def run(argv: list[str] | None = None) -> dict:
     """Runs the command; returns the metrics."""
     parser = HfArgumentParser(
-        (RetrievalModelArguments, EvaluationCorpusArguments, EvaluationArguments), prog="hbi-evaluate",
+        (RetrievalModelArguments, EvaluationCorpusArguments, EvaluationArguments, ParallelismArguments), prog="hbi-evaluate",
         description=DESCRIPTION,
     )
-    (model_args, corpus_args, eval_args), _ = parse_with_recipe(parser, argv)
+    (model_args, corpus_args, eval_args, parallelism_args), _ = parse_with_recipe(parser, argv)
+    configure_parallelism(parallelism_args, argv)
     overrides = {} if model_args.level_weights is None else {"level_weights": model_args.level_weights}
     model = load_model(model_args.model_name_or_path, **overrides)
     processor = corpus_args.processor(model_args, model.config.vision_config.image_size)

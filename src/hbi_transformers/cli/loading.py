@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
-from ..data import AnnotationReport, load_video_text_dataset, read_activitynet, read_didemo, read_msrvtt
+from ..data import AnnotationReport, is_prepared_corpus, load_video_text_dataset, read_activitynet, read_didemo, read_msrvtt
+from ..data.prepared import read_manifest
 from ..models.hbi import HBIConfig, HBIForVideoQuestionAnswering, HBIModel, HBIProcessor, HBIVideoProcessor
 from ..models.hbi.configuration_hbi import VIDEO_QA_SETTINGS, answer_label_maps, config_with_answers, video_qa_config
 from ..models.hbi.convert_hbi_original_to_hf import load_estimator_state_dict
@@ -126,9 +127,15 @@ def load_model_and_processor(
     return model, processor
 
 
-def frame_sampling_for(dataset: str, frame_sampling: str | None = None) -> str:
-    """The sampling rule a corpus uses unless one is given: per second for ActivityNet / DiDeMo."""
-    return frame_sampling or ("per_second" if dataset in PER_SECOND_DATASETS else "fps")
+def frame_sampling_for(dataset: str, frame_sampling: str | None = None, annotations: tuple = ()) -> str:
+    """The sampling rule a corpus uses unless one is given: that of a prepared-frame corpus among
+    `annotations`, else per second for ActivityNet / DiDeMo."""
+    if frame_sampling:
+        return frame_sampling
+    for source in annotations:
+        if is_prepared_corpus(source):
+            return read_manifest(source)["settings"]["frame_sampling"]
+    return "per_second" if dataset in PER_SECOND_DATASETS else "fps"
 
 
 def load_corpus(
@@ -140,11 +147,12 @@ def load_corpus(
     streaming: bool = False,
     max_bad_fraction: float = 1.0,
     msrvtt_train_split: str = "9k",
+    hub_split: str = "train",
 ):
     """Records (or a streamed dataset) of one split, "train" or "eval": of an official dataset
     (`dataset` msrvtt, activitynet or didemo, from `annotations_dir`), or for "generic" of
-    `annotations` (annotation file, webdataset shards or hub dataset). None when a generic split
-    has no annotations. Captions that fail the annotation checks are skipped and counted; more
+    `annotations` (annotation file, webdataset shards, prepared-frame corpus folder, or hub
+    dataset, of which `hub_split`). None when a generic split has no annotations. Captions that fail the annotation checks are skipped and counted; more
     than `max_bad_fraction` of them stops here, before any training."""
     report = AnnotationReport()
     if dataset in OFFICIAL_DATASETS:
@@ -158,7 +166,7 @@ def load_corpus(
     elif annotations is None:
         return None
     else:
-        corpus = load_video_text_dataset(annotations, video_root=video_root, streaming=streaming,
+        corpus = load_video_text_dataset(annotations, video_root=video_root, streaming=streaming, split=hub_split,
                                          annotation_report=report)
     if report.skipped_fraction > max_bad_fraction:
         raise ValueError(

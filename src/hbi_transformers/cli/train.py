@@ -10,7 +10,14 @@ from ..data import HBIDataCollator
 from ..hub.model_card import write_model_card
 from ..training import HBITrainer, HBITrainingArguments, format_metrics_table
 from . import demo
-from .arguments import TrainingCorpusArguments, TrainingModelArguments, parse_with_recipe, save_resolved_options
+from .arguments import (
+    ParallelismArguments,
+    TrainingCorpusArguments,
+    TrainingModelArguments,
+    configure_parallelism,
+    parse_with_recipe,
+    save_resolved_options,
+)
 from .loading import load_corpus, load_model, write_metrics
 
 DESCRIPTION = (
@@ -28,10 +35,12 @@ def run(argv: list[str] | None = None) -> dict:
     if (sys.argv[1:] if argv is None else argv) == []:
         return demo.run([])
     parser = HfArgumentParser(
-        (TrainingModelArguments, TrainingCorpusArguments, HBITrainingArguments), prog="hbi-train", description=DESCRIPTION
+        (TrainingModelArguments, TrainingCorpusArguments, HBITrainingArguments, ParallelismArguments), prog="hbi-train",
+        description=DESCRIPTION,
     )
-    (model_args, corpus_args, training_args), recipe = parse_with_recipe(parser, argv)
+    (model_args, corpus_args, training_args, parallelism_args), recipe = parse_with_recipe(parser, argv)
     logging.set_verbosity_info() if training_args.should_log else logging.set_verbosity_warning()
+    configure_parallelism(parallelism_args, argv, training_args)
 
     # Before the model exists: --seed covers the initialisation of its fresh heads.
     set_seed(training_args.seed)

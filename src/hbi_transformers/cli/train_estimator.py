@@ -19,7 +19,7 @@ from ..training.estimator_pretraining import (
     train_estimator,
     write_label_shards,
 )
-from .arguments import LabelCorpusArguments, ModelArguments
+from .arguments import LabelCorpusArguments, ModelArguments, ParallelismArguments, configure_parallelism
 from .loading import default_device, load_corpus, load_model
 
 DESCRIPTION = (
@@ -55,9 +55,11 @@ class EstimatorArguments:
 def run(argv: list[str] | None = None) -> list[dict]:
     """Runs the command; returns one record per epoch (train and held-out MSE)."""
     parser = HfArgumentParser(
-        (ModelArguments, LabelCorpusArguments, EstimatorArguments), prog="hbi-train-estimator", description=DESCRIPTION
+        (ModelArguments, LabelCorpusArguments, EstimatorArguments, ParallelismArguments), prog="hbi-train-estimator",
+        description=DESCRIPTION,
     )
-    model_args, corpus_args, args = parser.parse_args_into_dataclasses(args=argv)
+    model_args, corpus_args, args, parallelism_args = parser.parse_args_into_dataclasses(args=argv)
+    configure_parallelism(parallelism_args, argv)
     output_dir = Path(args.output_dir)
     label_dir = Path(args.label_cache) if args.label_cache else output_dir / "labels"
 

@@ -15,7 +15,7 @@ from transformers.utils import logging
 from ..data import HBIDataCollator, VideoTextRecord, iter_rows_with_records, load_video_text_dataset
 from ..training import HBITrainer, VideoQAEvaluator, VideoQATrainingArguments, format_qa_table
 from ..training.metrics.video_qa import question_type
-from .arguments import ModelArguments, parse_with_recipe, save_resolved_options
+from .arguments import ModelArguments, ParallelismArguments, configure_parallelism, parse_with_recipe, save_resolved_options
 from .loading import load_processor, load_qa_model, write_metrics
 
 logger = logging.get_logger(__name__)
@@ -90,10 +90,12 @@ def read_qa_annotations(annotation_file: str, video_root: str | None) -> tuple[l
 def run(argv: list[str] | None = None) -> dict:
     """Runs the command; returns the evaluation metrics (empty without --eval_annotations)."""
     parser = HfArgumentParser(
-        (QAModelArguments, QADataArguments, VideoQATrainingArguments), prog="hbi-train-qa", description=DESCRIPTION
+        (QAModelArguments, QADataArguments, VideoQATrainingArguments, ParallelismArguments), prog="hbi-train-qa",
+        description=DESCRIPTION,
     )
-    (model_args, data_args, training_args), recipe = parse_with_recipe(parser, argv)
+    (model_args, data_args, training_args, parallelism_args), recipe = parse_with_recipe(parser, argv)
     logging.set_verbosity_info() if training_args.should_log else logging.set_verbosity_warning()
+    configure_parallelism(parallelism_args, argv, training_args)
     if data_args.train_annotations is None and data_args.eval_annotations is None:
         raise ValueError("nothing to do: give --train_annotations and / or --eval_annotations")
 

@@ -8,6 +8,7 @@ import torch
 
 from ..models.hbi.video_io import VideoDecodingError
 from .bad_items import BadItem, BadItemCounter, VideoReport
+from .prepared import PreparedSettings, check_settings, is_prepared_reference, read_prepared_clip
 from .records import VideoClip, VideoTextRecord, as_record
 
 # Every batch carries what it tried under this key, so that the process that trains counts the
@@ -85,6 +86,7 @@ class HBIDataCollator:
         self.answer_labels = answer_labels
         self.video_options = video_options
         self.counter = BadItemCounter(max_bad_fraction, min_items)
+        self._prepared_settings = None
 
     @property
     def bad_items(self) -> list[BadItem]:
@@ -127,11 +129,21 @@ class HBIDataCollator:
         `max_bad_fraction`; `EmptyBatchError` when every clip fails. With `return_metadata`, also
         `video_metadata`: each decoded clip's sampled `timestamps` and the video's `duration`
         (seconds)."""
+        batch, failures = self.decode_videos(clips, return_metadata)
+        self.count_videos(clips, failures)
+        if batch is None:
+            raise EmptyBatchError(f"all {len(clips)} videos of the batch failed to decode ({self.counter.report()})")
+        return batch
+
+    def decode_videos(self, clips: list[VideoClip], return_metadata: bool = False) -> tuple[dict | None, dict]:
+        """`collate_videos` without the counting, for a DataLoader worker (whose counter is a
+        copy): the batch (None when every clip failed) and the failure reason of each clip that
+        failed, by clip key, for `count_videos` in the process that keeps the count."""
         keys = [clip.clip_key for clip in clips]
-        decoded, _ = self._decode_clips(dict(zip(keys, clips)), count=True)
+        decoded, failures = self._decode_clips(dict(zip(keys, clips)))
         positions = [position for position, key in enumerate(keys) if key in decoded]
         if not positions:
-            raise EmptyBatchError(f"all {len(clips)} videos of the batch failed to decode ({self.counter.report()})")
+            return None, failures
         batch = {
             "pixel_values_videos": torch.cat([decoded[keys[p]]["pixel_values_videos"] for p in positions]),
             "video_mask": torch.cat([decoded[keys[p]]["video_mask"] for p in positions]),
@@ -139,13 +151,21 @@ class HBIDataCollator:
         }
         if return_metadata:
             batch["video_metadata"] = [decoded[keys[p]]["video_metadata"][0] for p in positions]
-        return batch
+        return batch, failures
 
-    def _decode_clips(
-        self, clips: Mapping[tuple, VideoTextRecord | VideoClip], count: bool = False
-    ) -> tuple[dict[tuple, dict], dict[tuple, str]]:
+    def count_videos(self, clips: list[VideoClip], failures: Mapping[tuple, str]) -> None:
+        """Counts `clips` (those in `failures` as failed) in `counter` and enforces its limit."""
+        for clip in clips:
+            key = clip.clip_key
+            if key in failures:
+                self.counter.record_failure(stable_video_index(key), clip.name, failures[key])
+            else:
+                self.counter.record_success(stable_video_index(key))
+        self.counter.check()
+
+    def _decode_clips(self, clips: Mapping[tuple, VideoTextRecord | VideoClip]) -> tuple[dict[tuple, dict], dict[tuple, str]]:
         """The processed tensors of each clip that decodes and the reason each other one failed,
-        by clip key; with `count`, both are counted in `counter` and its limit enforced."""
+        by clip key. A clip of a prepared corpus is read rather than decoded."""
         decoded, failures = {}, {}
         for key, clip in clips.items():
             if self.video_cache is not None and key in self.video_cache:
@@ -156,24 +176,31 @@ class HBIDataCollator:
                     decoded[key] = cached
                 continue
             try:
-                decoded[key] = self.video_processor(
-                    [clip.video],
-                    video_segments=[(clip.start, clip.end)],
-                    do_augment=self.do_augment,
-                    return_tensors="pt",
-                    return_metadata=True,
-                    **self.video_options,
-                )
+                if is_prepared_reference(clip.video):
+                    decoded[key] = self._process_prepared(clip.video)
+                else:
+                    decoded[key] = self.video_processor(
+                        [clip.video],
+                        video_segments=[(clip.start, clip.end)],
+                        do_augment=self.do_augment,
+                        return_tensors="pt",
+                        return_metadata=True,
+                        **self.video_options,
+                    )
             except VideoDecodingError as error:
                 failures[key] = error.reason
             if self.video_cache is not None:
                 # A failure is cached as its reason, so the clip is not decoded again either.
                 self.video_cache[key] = decoded.get(key, failures.get(key))
-        if count:
-            for key, clip in clips.items():
-                if key in failures:
-                    self.counter.record_failure(stable_video_index(key), clip.name, failures[key])
-                else:
-                    self.counter.record_success(stable_video_index(key))
-            self.counter.check()
         return decoded, failures
+
+    def _process_prepared(self, reference: str) -> dict:
+        """A prepared clip's frames through the video processor (its resize leaves them as they
+        are; crop, augmentation and normalisation run as for a decoded video)."""
+        frames, info, stored = read_prepared_clip(reference)
+        if self._prepared_settings is None:
+            self._prepared_settings = PreparedSettings.from_processor(self.video_processor, self.video_options)
+        check_settings(reference, stored, self._prepared_settings)
+        processed = self.video_processor([frames], do_augment=self.do_augment, return_tensors="pt", **self.video_options)
+        processed["video_metadata"] = [info]
+        return processed

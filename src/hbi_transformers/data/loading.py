@@ -8,6 +8,7 @@ from dataclasses import asdict, fields
 from glob import glob
 
 from .annotations import AnnotationReport, _records_from_row, _VideoLocator, iter_annotations
+from .prepared import is_prepared_corpus, load_prepared_records
 from .records import VideoTextRecord, as_record
 from .webdataset import _shard_paths, iter_webdataset
 
@@ -40,6 +41,10 @@ def _rows_of_annotations(
 
 def _rows_of_shards(shards: list[str], report: AnnotationReport | None = None) -> Iterator[dict]:
     yield from (asdict(record) for record in iter_webdataset(shards, report=report))
+
+
+def _rows_of_prepared_corpus(folder: str) -> Iterator[dict]:
+    yield from load_prepared_records(folder)
 
 
 def _is_annotation_file(source: str) -> bool:
@@ -98,6 +103,8 @@ def load_video_text_dataset(
     - `VideoTextRecord`s (e.g. from `read_msrvtt`);
     - a generic annotation file (.jsonl, .json or .csv, see `iter_annotations`), with `video_root`;
     - webdataset tar shards: a .tar path, a glob pattern, a folder of shards, or a list of paths;
+    - a prepared-frame corpus folder (written by `prepare_corpus` / `hbi-prepare`): its records,
+      whose `video` names a prepared clip that the collator reads instead of decoding;
     - otherwise a hub dataset name (or local dataset folder) with the generic columns, loaded with
       `datasets.load_dataset(source, split=split, streaming=streaming)`. Where its `video` column
       is a `datasets.Video` feature, the in-memory dataset keeps it as `{"path", "bytes"}` cells
@@ -119,7 +126,10 @@ def load_video_text_dataset(
     video_root = None if video_root is None else os.fspath(video_root)
     if isinstance(source, (str, os.PathLike)):
         source = os.fspath(source)
-        if _is_annotation_file(source):
+        if is_prepared_corpus(source):
+            generator, video_is_bytes = _rows_of_prepared_corpus, False
+            gen_kwargs = {"folder": source}
+        elif _is_annotation_file(source):
             generator, video_is_bytes = _rows_of_annotations, False
             gen_kwargs = {"annotation_file": source, "video_root": video_root, "report": annotation_report}
         elif _is_webdataset(source):

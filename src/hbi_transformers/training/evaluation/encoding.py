@@ -1,6 +1,7 @@
 """Encoding a corpus once: every distinct clip decoded and encoded once however many captions or
 questions it has, in batches, with progress. Retrieval evaluation, question answering, Banzhaf
-label writing and search indexing all encode through `encode_clips` / `encode_texts`."""
+label writing and search indexing all encode through `encode_clips` / `encode_texts`; clips are
+decoded in DataLoader workers while the model encodes the batches before."""
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 from transformers.utils import logging
 
-from ...data import EmptyBatchError, HBIDataCollator, VideoClip, VideoTextRecord, text_to_video_index, unique_videos
+from ...data import HBIDataCollator, VideoClip, VideoTextRecord, free_cores_for_workers, text_to_video_index, unique_videos
 from ...models.hbi.modeling_hbi import HBITextOutput, HBIVideoOutput
 from .sharding import merge_from_all_processes, process_share
 
@@ -45,6 +46,25 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+class _ClipBatches(torch.utils.data.Dataset):
+    """Batches of clips decoded (not counted) by the collator: what DataLoader workers run."""
+
+    def __init__(self, collator: HBIDataCollator, clips: Sequence[VideoClip], batch_size: int, with_metadata: bool):
+        self.collator, self.clips, self.batch_size, self.with_metadata = collator, clips, batch_size, with_metadata
+
+    def __len__(self) -> int:
+        return -(-len(self.clips) // self.batch_size)
+
+    def __getitem__(self, index: int) -> tuple[int, dict | None, dict]:
+        start = index * self.batch_size
+        batch, failures = self.collator.decode_videos(list(self.clips[start : start + self.batch_size]), self.with_metadata)
+        return start, batch, failures
+
+
+def _as_produced(item):
+    return item
+
+
 @torch.no_grad()
 def encode_clips(
     model,
@@ -55,16 +75,30 @@ def encode_clips(
     with_metadata: bool = False,
     progress: bool = True,
     description: str = "encoding videos",
+    num_workers: int | None = None,
 ) -> Iterator[EncodedClips]:
     """Decodes and encodes `clips`, `batch_size` at a time, yielding each batch's encoded clips
     (on the model's device) as soon as it is ready. A clip that fails to decode is counted by the
-    collator and missing from `positions`; a batch where every clip fails yields nothing."""
+    collator and missing from `positions`; a batch where every clip fails yields nothing.
+
+    Clips are decoded (or read from a prepared corpus) in `num_workers` DataLoader worker
+    processes while the model encodes the batches before (None: the cores torch's compute threads
+    leave free, see `free_cores_for_workers`; 0: in this process). The counting stays here."""
     device = _device(model)
-    for start in tqdm(range(0, len(clips), batch_size), desc=description, unit="batch", disable=not progress):
-        try:
-            batch = collator.collate_videos(list(clips[start : start + batch_size]), return_metadata=with_metadata)
-        except EmptyBatchError as error:
-            logger.warning(f"skipping a batch of videos: {error}")
+    batches = _ClipBatches(collator, clips, batch_size, with_metadata)
+    workers = free_cores_for_workers() if num_workers is None else num_workers
+    # A single batch leaves nothing to overlap with.
+    workers = min(workers, len(batches)) if len(batches) > 1 else 0
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=workers, collate_fn=_as_produced)
+    # An iterator, not the loader: tqdm.auto calls iter() on an iterable at once, which would start
+    # a second set of workers.
+    batches_in_order = tqdm(iter(loader), total=len(loader), desc=description, unit="batch", disable=not progress)
+    for start, batch, failures in batches_in_order:
+        batch_clips = list(clips[start : start + batch_size])
+        collator.count_videos(batch_clips, failures)
+        if batch is None:
+            logger.warning(f"skipping a batch of videos: all {len(batch_clips)} failed to decode "
+                           f"({collator.counter.report()})")
             continue
         videos = model.get_video_features(batch["pixel_values_videos"].to(device), batch["video_mask"].to(device))
         yield EncodedClips(
@@ -99,16 +133,19 @@ def encode_corpus(
     batch_size: int = 64,
     *,
     progress: bool = True,
+    num_workers: int | None = None,
 ) -> EncodedCorpus:
-    """Encodes every caption and every distinct clip of `records` once. Under torch.distributed
-    each process encodes its share and every process gets the whole corpus."""
+    """Encodes every caption and every distinct clip of `records` once, decoding in `num_workers`
+    DataLoader workers (see `encode_clips`). Under torch.distributed each process encodes its share
+    and every process gets the whole corpus."""
     device = _device(model)
     clips = unique_videos(records)
     caption_clip = text_to_video_index(records)
 
     local_clips = process_share(list(range(len(clips))))
     video_rows = {}
-    for encoded in encode_clips(model, collator, [clips[i] for i in local_clips], batch_size, progress=progress):
+    for encoded in encode_clips(model, collator, [clips[i] for i in local_clips], batch_size, progress=progress,
+                                num_workers=num_workers):
         for row, position in enumerate(encoded.positions):
             video_rows[local_clips[position]] = (
                 encoded.videos.video_embeds[row].cpu(),
