@@ -5,6 +5,7 @@ metrics and an interaction heatmap (see `hbi_transformers.apps.demo`)."""
 from transformers import HfArgumentParser
 
 from ..apps.demo import DemoSettings, run_demo
+from .arguments import ParallelismArguments, configure_parallelism
 
 DESCRIPTION = (
     "Offline demonstration, no GPU, hub or dataset needed: render the synthetic shapes corpus, pre-train a "
@@ -16,9 +17,11 @@ DESCRIPTION = (
 
 def run(argv: list[str] | None = None) -> dict:
     """Runs the command; returns the demonstration's summary."""
-    (settings,) = HfArgumentParser(DemoSettings, prog="hbi-demo", description=DESCRIPTION).parse_args_into_dataclasses(
-        args=argv
-    )
+    parser = HfArgumentParser((DemoSettings, ParallelismArguments), prog="hbi-demo", description=DESCRIPTION)
+    settings, parallelism_args = parser.parse_args_into_dataclasses(args=argv)
+    # Torch threads from the cores (one per two on a CPU): spinning threads on a shared machine
+    # cost several times the CPU of the step.
+    configure_parallelism(parallelism_args, argv)
     return run_demo(settings)
 
 
