@@ -55,8 +55,13 @@ def clip_vocabulary(merges: list[tuple[str, str]]) -> dict[str, int]:
 
 
 def build_clip_tokenizer(bpe_path: str | Path, num_merges: int = CLIP_NUM_MERGES) -> CLIPTokenizer:
+    """CLIP's tokenizer over the merges of `bpe_path`. It pads with id 0 as the official HBI layout
+    does (docs/video_input.md#quirk-padding-with-id-0), so that `skip_special_tokens` drops that
+    padding when decoding; `split_special_tokens` keeps a "!" typed in a caption an ordinary byte
+    symbol rather than the padding token."""
     merges = read_bpe_merges(bpe_path, num_merges)
-    return CLIPTokenizer(vocab=clip_vocabulary(merges), merges=merges)
+    return CLIPTokenizer(vocab=clip_vocabulary(merges), merges=merges, pad_token=byte_symbols()[0],
+                         split_special_tokens=True)
 
 
 def extract_bpe_from_wheel(wheel_path: str | Path, output_path: str | Path) -> Path:
