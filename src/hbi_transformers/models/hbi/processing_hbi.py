@@ -146,6 +146,16 @@ class HBIProcessor(ProcessorMixin):
             features["attention_mask"] = attention_mask
         return features
 
+    def save_pretrained(self, save_directory, push_to_hub: bool = False, **kwargs):
+        # Saving the remote code sets `auto_map` on the processor for its processor_config.json; a
+        # processor loaded back has none, so the saved one drops it again and both stay equal.
+        had_auto_map = "auto_map" in self.__dict__
+        try:
+            return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        finally:
+            if not had_auto_map:
+                self.__dict__.pop("auto_map", None)
+
     @property
     def model_input_names(self):
         return ["input_ids", "attention_mask", "pixel_values_videos", "video_mask"]
