@@ -3,7 +3,6 @@ folder made the way `hbi-demo` makes it keeps its card (updated), reads the run'
 and uploads a folder whose card's snippet runs as written; `model.push_to_hub` and
 `processor.push_to_hub` carry the code, weights, processor and a card."""
 
-import importlib.util
 import json
 import os
 import re
@@ -52,31 +51,22 @@ def snippet(card: str) -> str:
     return re.search(r"```python\n(.*?)```", use, re.DOTALL)[1]
 
 
-# Optional video decoders that video_backends.py imports inside functions. Loaded from the hub,
-# transformers checks every remote module's imports (`check_imports`) and refuses the code when one
-# is not installed; from a local folder it checks only the main module. See
-# test_remote_code_from_the_hub_needs_no_optional_decoder.
+# Optional video decoders. Loaded from the hub, transformers checks the `import` statements of
+# every remote module (`check_imports`) and refuses the code when a package they name is missing;
+# video_backends.py imports the decoders with importlib where it uses them, so none is needed.
 OPTIONAL_DECODERS = ("torchcodec", "decord")
-MISSING_DECODERS = [name for name in OPTIONAL_DECODERS if importlib.util.find_spec(name) is None]
 
 
-def run_as_user(code: str, cwd, tmp_path, hub_cache=None, stub_missing_decoders=True) -> str:
-    """Runs `code` in a fresh interpreter in `cwd`, offline, where importing hbi_transformers
-    fails (a user of the remote code without the package); returns what it printed. With
-    `stub_missing_decoders`, optional decoders that are not installed are importable empty
-    packages (never used: PyAV decodes)."""
-    preamble = 'import sys\nsys.modules["hbi_transformers"] = None  # any import of the package now fails\n'
+def run_as_user(code: str, cwd, tmp_path, hub_cache=None) -> str:
+    """Runs `code` in a fresh interpreter in `cwd`, offline, where importing hbi_transformers and
+    the optional decoders fails (a user of the remote code without the package, who decodes with
+    PyAV); returns what it printed."""
+    hidden = ("hbi_transformers", *OPTIONAL_DECODERS)
+    preamble = "import sys\n" + "".join(f'sys.modules["{name}"] = None  # importing it now fails\n' for name in hidden)
     env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "user_hf_home"), "PATH": os.environ.get("PATH", ""),
            "OMP_NUM_THREADS": "1"}
     if hub_cache is not None:
         env["HF_HUB_CACHE"] = str(hub_cache)
-    if stub_missing_decoders and MISSING_DECODERS:
-        stubs = tmp_path / "decoder_stubs"
-        for name in MISSING_DECODERS:
-            (stubs / name).mkdir(parents=True, exist_ok=True)
-            for module in ("__init__.py", "decoders.py"):
-                (stubs / name / module).write_text("")
-        env["PYTHONPATH"] = str(stubs)
     result = subprocess.run([sys.executable, "-c", preamble + code], cwd=cwd, capture_output=True, text=True,
                             env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -209,15 +199,11 @@ def test_model_and_processor_push_to_hub(demo_folder, tmp_path, monkeypatch):
     assert (hub.repo("me/hooked") / "README.md").read_text().endswith("# Mine\n")
 
 
-@pytest.mark.xfail(bool(MISSING_DECODERS), strict=True, raises=AssertionError,
-                   reason="models/hbi/video_backends.py imports torchcodec / decord inside functions, which "
-                          "transformers' check_imports requires when the code comes from the hub")
 def test_remote_code_from_the_hub_needs_no_optional_decoder(demo_folder, tmp_path, monkeypatch):
     hub = LocalHub(tmp_path / "hub").install(monkeypatch)
     push_command([str(demo_folder), "--repo-id", "me/hbi-demo", "--output", str(tmp_path / "upload")])
     code = 'from transformers import AutoProcessor\nAutoProcessor.from_pretrained("me/hbi-demo", trust_remote_code=True)'
-    run_as_user(code, tmp_path, tmp_path, hub_cache=hub.as_hf_cache("me/hbi-demo", tmp_path / "c"),
-                stub_missing_decoders=False)
+    run_as_user(code, tmp_path, tmp_path, hub_cache=hub.as_hf_cache("me/hbi-demo", tmp_path / "c"))
 
 
 def test_video_qa_folder_gets_a_video_qa_card_that_runs(demo_folder, tmp_path, monkeypatch):

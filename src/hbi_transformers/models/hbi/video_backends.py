@@ -9,6 +9,10 @@ No input may make a backend reach the network or open other files: playlists and
 descriptions are refused by their first bytes, PyAV opens inputs with FFmpeg's protocol and
 demuxer whitelists, and decord and torchcodec, which cannot pass options to FFmpeg, only get
 MP4 / MOV, Matroska / WebM and AVI files, the containers that win FFmpeg's probe outright.
+
+The decoders are imported with `importlib.import_module` where they are used: transformers'
+remote-code loader reads the `import` statements of every module of the model folder and refuses
+to load it unless all the packages they name are installed, and a user needs only one decoder.
 """
 
 import importlib
@@ -146,14 +150,14 @@ class _PyAVVideo:
 
     @staticmethod
     def _library_calls():
-        import av
+        av = importlib.import_module("av")
 
         # av.error.* are FFmpeg's failures (each also an OSError, ValueError, EOFError... as fits);
         # plain OSError and EOFError come from reading the input.
         return _library_calls("pyav", (av.FFmpegError, OSError, EOFError))
 
     def _open(self):
-        import av
+        av = importlib.import_module("av")
 
         is_path = isinstance(self._source, str)
         # The input itself and nothing else: no protocol but the file's ("none" names none), no
@@ -269,7 +273,7 @@ def _upright(frame) -> np.ndarray:
 @cache
 def _pyav_demuxers() -> str:
     """FFmpeg's format whitelist: every format PyAV knows but those opening what their input names."""
-    import av
+    av = importlib.import_module("av")
 
     names = (name for name in av.formats_available if not set(name.split(",")) & _REFERENCING_DEMUXERS)
     return ",".join(sorted(names))
@@ -296,7 +300,7 @@ class _DecordVideo:
             raise Unreadable(_KNOWN_CONTAINERS_ONLY.format("decord"))
         # decord's FFmpeg (4.1) turns MP4 frames upright but does not read Matroska's display matrix.
         self._turns = _checked_by_pyav(source, kind, turns=kind == "matroska")
-        import decord
+        decord = importlib.import_module("decord")
 
         with self._library_calls():
             # decord's default (FFmpeg-chosen) thread count, as the official loader uses.
@@ -306,7 +310,7 @@ class _DecordVideo:
 
     @staticmethod
     def _library_calls():
-        from decord._ffi.base import DECORDError
+        DECORDError = importlib.import_module("decord._ffi.base").DECORDError
 
         # DECORDError: FFmpeg's failures; RuntimeError: a file it cannot open; AssertionError: how
         # VideoReader rejects a stream without frames.
@@ -329,7 +333,7 @@ class _TorchCodecVideo:
         if kind is None:
             raise Unreadable(_KNOWN_CONTAINERS_ONLY.format("torchcodec"))
         _checked_by_pyav(source, kind, turns=False)
-        from torchcodec.decoders import VideoDecoder
+        VideoDecoder = importlib.import_module("torchcodec.decoders").VideoDecoder
 
         with self._library_calls():
             self._decoder = VideoDecoder(source, dimension_order="NHWC", seek_mode="exact")
