@@ -122,3 +122,41 @@ def test_model_runs_on_processor_output(tokenizer, tmp_path):
     with torch.no_grad():
         out = model(**inputs, return_loss=True)
     assert out.logits_per_text.shape == (2, 2) and torch.isfinite(out.loss)
+
+
+def test_standard_text_options_act_on_the_official_layout(tokenizer):
+    processor = HBIProcessor(HBIVideoProcessor(), tokenizer, max_words=6)
+    captions = ["cat", "cat dog cat dog cat dog"]
+    default = processor(text=captions)
+    assert default["input_ids"] == [[SOT, CAT, EOT, 0, 0, 0], [SOT, CAT, DOG, CAT, DOG, EOT]]
+    # The tokenizer alone pads as the layout does, and decoding skips that padding.
+    assert tokenizer("cat", padding="max_length", max_length=6).input_ids == default["input_ids"][0]
+    assert tokenizer.batch_decode(default["input_ids"], skip_special_tokens=True) == ["cat", "cat dog cat dog"]
+    # max_words is max_length; grouped or flat options are the same.
+    assert processor(text=captions, max_words=4)["input_ids"][1] == [SOT, CAT, DOG, EOT]
+    assert processor(text=captions, text_kwargs={"max_length": 4}) == processor(text=captions, max_length=4)
+    longest = processor(text=captions, padding="longest", truncation=False)["input_ids"]
+    assert [len(ids) for ids in longest] == [8, 8] and longest[1][-1] == EOT
+    left = processor(text=["cat"], padding_side="left", return_tensors="pt")
+    assert left["input_ids"].tolist() == [[0, 0, 0, SOT, CAT, EOT]]
+    assert left["attention_mask"].tolist() == [[0, 0, 0, 1, 1, 1]]
+    assert processor(text=["cat"], pad_to_multiple_of=4, max_length=5)["input_ids"] == [[SOT, CAT, EOT, 0, 0, 0, 0, 0]]
+    with pytest.raises(ValueError, match="max_words and max_length are the same option"):
+        processor(text=captions, max_words=4, max_length=4)
+    with pytest.raises(ValueError, match=r"does not support \['return_offsets_mapping'\]"):
+        processor(text=captions, return_offsets_mapping=True)
+    with pytest.raises(ValueError, match=r"unexpected arguments: \['max_word'\]"):
+        processor(text=captions, max_word=4)
+    with pytest.raises(ValueError, match="must leave room for a token"):
+        processor(text=captions, max_length=2)
+
+
+def test_a_clip_given_as_a_list_of_frames_is_one_video():
+    frames = textured_frames(5)
+    processor = HBIVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    as_array = processor(frames, return_tensors="pt")
+    for clip in (list(frames), [torch.from_numpy(frame) for frame in frames], [Image.fromarray(f) for f in frames]):
+        out = processor(clip, return_tensors="pt")
+        assert out["video_mask"].tolist() == [[1] * 5 + [0] * 7]
+        torch.testing.assert_close(out["pixel_values_videos"], as_array["pixel_values_videos"])
+    assert processor([list(frames), list(frames[:2])], return_tensors="pt")["video_mask"].sum(1).tolist() == [5, 2]

@@ -84,6 +84,9 @@ def test_standard_sampling_options_map_onto_hbi_sampling():
                         return_tensors="pt", return_metadata=True)
         assert out["video_metadata"][0]["frame_indices"] == expected
         assert out["video_mask"].sum().item() == len(expected)
+    # Given at construction they are kept (and saved) under HBI's names.
+    built = HBIVideoProcessor(num_frames=4, fps=2)
+    assert (built.max_frames, built.video_framerate) == (4, 2) and "num_frames" not in built.to_dict()
     metadata = VideoMetadata(total_num_frames=8, duration=2.0)  # the frame rate follows from the duration
     assert processor.sample_frames(metadata, fps=2).tolist() == [0, 2, 4, 6]
     assert processor.sample_frames(metadata, fps=2, num_frames=2).tolist() == [0, 6]

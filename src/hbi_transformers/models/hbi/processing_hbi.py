@@ -7,7 +7,7 @@ import re
 
 import ftfy
 from transformers import BatchFeature, ProcessorMixin
-from transformers.processing_utils import ProcessingKwargs, Unpack
+from transformers.processing_utils import ProcessingKwargs, TextKwargs, Unpack
 from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
 
 from .video_processing_hbi import HBIVideoProcessor, HBIVideoProcessorKwargs
@@ -17,6 +17,9 @@ class HBIProcessorKwargs(ProcessingKwargs, total=False):
     videos_kwargs: HBIVideoProcessorKwargs
 
 
+# What a call takes: text and video options, flat or grouped, and the augmentation's generator.
+_CALL_OPTIONS = {*TextKwargs.__annotations__, *HBIVideoProcessorKwargs.__annotations__, "text_kwargs",
+                 "videos_kwargs", "common_kwargs", "generator"}
 # Text options the official layout has a meaning for; any other tokenizer option is refused when set.
 _LAYOUT_OPTIONS = ("padding", "truncation", "max_length", "pad_to_multiple_of", "padding_side",
                    "return_attention_mask", "add_special_tokens", "verbose")
@@ -63,6 +66,10 @@ class HBIProcessor(ProcessorMixin):
         if text is None and videos is None:
             raise ValueError("HBIProcessor needs text, videos or both")
         kwargs = _max_words_as_max_length(kwargs)
+        unknown = sorted(set(kwargs) - _CALL_OPTIONS)
+        if unknown:
+            raise ValueError(f"HBIProcessor got unexpected arguments: {unknown}")
+        generator = kwargs.pop("generator", None)
         output_kwargs = self._merge_kwargs(
             HBIProcessorKwargs, tokenizer_init_kwargs=self.tokenizer.init_kwargs if self.tokenizer else {}, **kwargs
         )
@@ -72,7 +79,7 @@ class HBIProcessor(ProcessorMixin):
         if text is not None:
             features.update(self.tokenize(text, **text_kwargs))
         if videos is not None:
-            features.update(self.video_processor(videos, **videos_kwargs))
+            features.update(self.video_processor(videos, generator=generator, **videos_kwargs))
         metadata = features.pop("video_metadata", None)
         batch = BatchFeature(data=features, tensor_type=return_tensors)
         if metadata is not None:
@@ -98,10 +105,8 @@ class HBIProcessor(ProcessorMixin):
         if refused:
             raise ValueError(f"HBIProcessor's text layout does not support {refused} (it supports {list(_LAYOUT_OPTIONS)})")
         max_length = max_length if max_length is not None else self.max_words
-        padding = PaddingStrategy(padding) if not isinstance(padding, bool) else (
-            PaddingStrategy.LONGEST if padding else PaddingStrategy.DO_NOT_PAD)
-        truncate = truncation is not None and TruncationStrategy(truncation if not isinstance(truncation, bool) else (
-            "longest_first" if truncation else "do_not_truncate")) != TruncationStrategy.DO_NOT_TRUNCATE
+        padding = _padding_strategy(padding)
+        truncate = _truncates(truncation)
         special = 2 if add_special_tokens else 0
         if truncate and max_length < special + 1:
             raise ValueError(f"max_length (max_words) must leave room for a token between the start and end tokens, "
@@ -111,6 +116,8 @@ class HBIProcessor(ProcessorMixin):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
 
         captions = [text] if isinstance(text, str) else list(text)
+        if not captions:
+            raise ValueError("text holds no caption")
         sequences = []
         for index, caption in enumerate(captions):
             if not isinstance(caption, str):
@@ -136,7 +143,7 @@ class HBIProcessor(ProcessorMixin):
 
         input_ids, attention_mask = [], []
         for ids in sequences:
-            # The official padding id is 0, whatever the tokenizer's pad token (docs/video_input.md#quirk-padding-with-id-0).
+            # Id 0 whatever the tokenizer's pad token (docs/video_input.md#quirk-padding-with-id-0).
             pad = (length or len(ids)) - len(ids)
             before, after = (pad, 0) if padding_side == "left" else (0, pad)
             input_ids.append([0] * before + ids + [0] * after)
@@ -159,6 +166,18 @@ class HBIProcessor(ProcessorMixin):
     @property
     def model_input_names(self):
         return ["input_ids", "attention_mask", "pixel_values_videos", "video_mask"]
+
+
+def _padding_strategy(padding: bool | str | PaddingStrategy) -> PaddingStrategy:
+    if isinstance(padding, bool):
+        return PaddingStrategy.LONGEST if padding else PaddingStrategy.DO_NOT_PAD
+    return PaddingStrategy(padding)
+
+
+def _truncates(truncation: bool | str | TruncationStrategy | None) -> bool:
+    if truncation is None or isinstance(truncation, bool):
+        return bool(truncation)
+    return TruncationStrategy(truncation) != TruncationStrategy.DO_NOT_TRUNCATE
 
 
 def _max_words_as_max_length(kwargs: dict) -> dict:

@@ -45,6 +45,18 @@ def _is_frame(item) -> bool:
     return hasattr(item, "getpixel") or isinstance(item, (np.ndarray, torch.Tensor)) and item.ndim == 3
 
 
+def _own_names(kwargs: dict) -> dict:
+    """`kwargs` with transformers' `num_frames` / `fps` given under HBI's names."""
+    kwargs = dict(kwargs)
+    for standard, own in STANDARD_NAMES.items():
+        value = kwargs.pop(standard, None)
+        if value is not None:
+            if kwargs.get(own) is not None:
+                raise ValueError(f"{standard} and {own} are the same option: pass one of them")
+            kwargs[own] = value
+    return kwargs
+
+
 @cache
 def _rand_augment(setting: str) -> VideoRandAugment:
     return VideoRandAugment.from_config_string(setting)
@@ -117,19 +129,18 @@ class HBIVideoProcessor(BaseVideoProcessor):
     valid_kwargs = HBIVideoProcessorKwargs
     model_input_names = ["pixel_values_videos", "video_mask"]
 
+    def __init__(self, **kwargs: Unpack[HBIVideoProcessorKwargs]):
+        # Kept under HBI's names, so that a call's num_frames / fps is the only one there is.
+        super().__init__(**_own_names(kwargs))
+
     def preprocess(self, videos, **kwargs: Unpack[HBIVideoProcessorKwargs]) -> BatchFeature:
         unknown = sorted(set(kwargs) - set(self.valid_kwargs.__annotations__) - {"return_tensors", "generator"})
         if unknown:
             raise ValueError(f"HBIVideoProcessor got unexpected arguments: {unknown}")
-        for standard, own in STANDARD_NAMES.items():
-            if kwargs.get(standard) is not None and kwargs.get(own) is not None:
-                raise ValueError(f"{standard} and {own} are the same option: pass one of them")
+        kwargs = _own_names(kwargs)
         generator = kwargs.pop("generator", None)
         return_tensors = kwargs.pop("return_tensors", None)
         options = self._merge_and_standardize_kwargs(**kwargs)
-        for standard, own in STANDARD_NAMES.items():
-            if options[standard] is not None:
-                options[own] = options[standard]
         if options["do_pad"] is False:
             raise ValueError("HBIVideoProcessor always pads videos to a common frame count (video_mask marks the frames)")
         if options["data_format"] not in (None, "channels_first", ChannelDimension.FIRST):
@@ -142,7 +153,7 @@ class HBIVideoProcessor(BaseVideoProcessor):
         clips, infos = [], []
         for index, video in enumerate(videos):
             segment = segments[index] if segments is not None else None
-            frames, info = self._frames_of(video, index, segment, metadata[index], options)
+            frames, info = self._frames_of(video, index, segment, options, metadata[index])
             if options["do_augment"]:
                 frames = _rand_augment(options["augmentation"])(frames, generator=generator)
             clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
@@ -214,8 +225,10 @@ class HBIVideoProcessor(BaseVideoProcessor):
             raise ValueError(f"video_metadata needs one dict or VideoMetadata per video ({num_videos}), got {metadata!r}")
         return entries
 
-    def _frames_of(self, video, index: int, segment, metadata, options) -> tuple[np.ndarray, dict]:
-        """uint8 `[frames, H, W, 3]` RGB frames of one video, sampled, with what is known of them."""
+    def _frames_of(self, video, index: int, segment, options, metadata=None) -> tuple[np.ndarray, dict]:
+        """uint8 `[frames, H, W, 3]` RGB frames of one video, sampled, with what is known of them.
+        `options`: the HBI sampling settings (HBI_VIDEO_OPTIONS), and for decoded clips
+        `do_sample_frames` and `input_data_format` when set."""
         if _is_encoded_video(video):
             start, end = segment if segment is not None else (None, None)
             decoded = read_video(
@@ -235,16 +248,17 @@ class HBIVideoProcessor(BaseVideoProcessor):
                 "duration": decoded.duration,
             }
             return decoded.frames, info
-        frames = self._decoded_frames(video, index, options["input_data_format"])
+        frames = self._decoded_frames(video, index, options.get("input_data_format"))
+        sample = options.get("do_sample_frames", self.do_sample_frames)
         indices = np.arange(len(frames))
-        if options["do_sample_frames"] and metadata is not None:
+        if sample and metadata is not None:
             # Sampled by time as a file is: the clip's own frame count is the one that counts.
             indices = self.sample_frames({**dict(metadata), "total_num_frames": len(frames)},
                                          num_frames=options["max_frames"], fps=options["video_framerate"],
                                          frame_sampling=options["frame_sampling"], segment=segment)
             if len(indices) == 0:
                 raise VideoDecodingError(f"<video {index}>", f"no frame falls in the segment {segment}")
-        elif options["do_sample_frames"]:
+        elif sample:
             indices = _uniform_subsample(indices, options["max_frames"])
         elif segment is not None:
             raise ValueError(f"video {index}: a segment of a decoded clip needs do_sample_frames and its video_metadata")
