@@ -58,7 +58,8 @@ def build_clip_tokenizer(bpe_path: str | Path, num_merges: int = CLIP_NUM_MERGES
     """CLIP's tokenizer over the merges of `bpe_path`. It pads with id 0 as the official HBI layout
     does (docs/video_input.md#quirk-padding-with-id-0), so that `skip_special_tokens` drops that
     padding when decoding; `split_special_tokens` keeps a "!" typed in a caption an ordinary byte
-    symbol rather than the padding token."""
+    symbol rather than the padding token (and reads the literal start / end of text strings as text,
+    docs/video_input.md#quirk-padding-with-id-0)."""
     merges = read_bpe_merges(bpe_path, num_merges)
     return CLIPTokenizer(vocab=clip_vocabulary(merges), merges=merges, pad_token=byte_symbols()[0],
                          split_special_tokens=True)
