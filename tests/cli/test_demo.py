@@ -17,6 +17,9 @@ def test_shortened_default_run(tmp_path, capsys):
     ])
     printed = capsys.readouterr().out
     assert "untrained" in printed and "trained" in printed and "R@1" in printed
+    assert "event localisation over" in printed and "held-out MSE" in printed
+    localisation = summary["localisation"]
+    assert localisation["events"] > 0 and 0 < localisation["chance"] < 1
     assert summary["trained"]["t2v_num_queries"] == summary["untrained"]["t2v_num_queries"] > 0
     assert json.loads((output_dir / "metrics.json").read_text())["trained"] == summary["trained"]
     assert "untrained" in (output_dir / "metrics.txt").read_text()
