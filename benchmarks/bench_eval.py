@@ -97,6 +97,28 @@ def tokens_per_item(model, words: int, frames: int) -> int:
     return total
 
 
+def matrix_product_gflop(model, texts, videos, chunk_size: int) -> float:
+    """GFLOP of every matrix product and convolution one compute_similarity call runs (the
+    level walk's layers and the word-frame products), counted by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        model.compute_similarity(texts, videos, chunk_size=chunk_size)
+    return counter.get_total_flops() / 1e9
+
+
+def plain_matmul_gflops(rows: int, columns: int, dim: int = 512, repeats: int = 5) -> float:
+    """GFLOP/s of one plain `[rows, dim] @ [dim, columns]` product here (median of `repeats`)."""
+    left, right = torch.randn(rows, dim), torch.randn(columns, dim)
+    left @ right.t()
+    times = []
+    for _ in range(repeats):
+        begin = time.perf_counter()
+        left @ right.t()
+        times.append(time.perf_counter() - begin)
+    return 2 * rows * columns * dim / sorted(times)[len(times) // 2] / 1e9
+
+
 def resident_mib() -> float:
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
@@ -116,6 +138,11 @@ def measure(method: str, size: int, words: int, frames: int, chunk_size: int, of
         output_mib = (1 + len(scores.level_logits_per_text)) * size * size * 4 / 2**20
         token_mib = size * tokens_per_item(model, words, frames) * 512 * 4 / 2**20
         note = f"of which {output_mib:.0f} MiB N x N scores and {token_mib:.0f} MiB level tokens"
+        gflop = matrix_product_gflop(model, texts, videos, chunk_size)
+        rate = plain_matmul_gflops(chunk_size * words, chunk_size * frames)
+        bound = gflop / rate
+        note += (f"; matrix products {gflop:.1f} GFLOP, plain matmul {rate:.1f} GFLOP/s: bound {bound:.2f} s, "
+                 f"time = {seconds / bound:.2f}x bound")
     else:
         measured, done, total = official_schedule(model, texts, videos, official_pairs)
         seconds = measured * total / done

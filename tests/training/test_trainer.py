@@ -66,6 +66,33 @@ def test_bert_adam_matches_the_formula():
         torch.testing.assert_close(weight.detach(), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_bert_adam_foreach_matches_the_per_tensor_loop(dtype):
+    # Two groups (one without decay or clipping), a parameter without gradient, mixed dtypes and
+    # gradients both under and over the clipping norm: the updates must be the same bits.
+    torch.manual_seed(0)
+    shapes = [(3, 4), (5,), (2, 3, 2), (7,)]
+    start = [torch.randn(shape).to(dtype) for shape in shapes] + [torch.randn(4, dtype=torch.float32)]
+    runs = {}
+    for foreach in (False, True):
+        weights = [w.clone().requires_grad_() for w in start]
+        groups = [
+            {"params": weights[:2] + weights[4:], "weight_decay": 0.2},
+            {"params": weights[2:4], "weight_decay": 0.0, "max_grad_norm": 0.0, "lr": 0.05},
+        ]
+        optimizer = BertAdam(groups, lr=0.1, betas=(0.9, 0.98), eps=1e-6, max_grad_norm=1.0, foreach=foreach)
+        generator = torch.Generator().manual_seed(1)
+        for step in range(4):
+            for index, weight in enumerate(weights):
+                scale = 3.0 if step % 2 else 0.1
+                grad = (torch.randn(weight.shape, generator=generator) * scale).to(weight.dtype)
+                weight.grad = None if index == 3 and step == 0 else grad
+            optimizer.step()
+        runs[foreach] = [w.detach() for w in weights]
+    for loop, fused in zip(runs[False], runs[True]):
+        torch.testing.assert_close(fused, loop, rtol=0, atol=0)
+
+
 def test_warmup_cosine_schedule():
     assert warmup_cosine(0.0, 0.1) == 0.0
     assert warmup_cosine(0.05, 0.1) == pytest.approx(0.5)

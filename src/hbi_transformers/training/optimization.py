@@ -34,13 +34,18 @@ class BertAdam(torch.optim.Optimizer):
     """Adam as the official HBI code runs it: no bias correction, each parameter tensor's gradient
     clipped to `max_grad_norm` before the moments are updated, and weight decay added to the
     update (`p -= lr * (m / (sqrt(v) + eps) + weight_decay * p)`). The learning rate schedule is
-    left to a scheduler (see `warmup_cosine_schedule`)."""
+    left to a scheduler (see `warmup_cosine_schedule`).
+
+    `foreach` (default) updates each parameter group with a few multi-tensor `torch._foreach_*`
+    kernels instead of a dozen small ops per tensor; the arithmetic, and so the update, is the same.
+    """
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.98), eps: float = 1e-6, weight_decay: float = 0.2,
-                 max_grad_norm: float = 1.0):
+                 max_grad_norm: float = 1.0, foreach: bool = True):
         if lr < 0 or eps < 0 or not all(0 <= beta < 1 for beta in betas):
             raise ValueError(f"invalid BertAdam settings: lr={lr}, betas={betas}, eps={eps}")
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm))
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+                                      foreach=foreach))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -49,6 +54,9 @@ class BertAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            if group.get("foreach", True):
+                self._foreach_group_step(group)
+                continue
             beta1, beta2 = group["betas"]
             for parameter in group["params"]:
                 if parameter.grad is None:
@@ -70,6 +78,41 @@ class BertAdam(torch.optim.Optimizer):
                 # float16 `add_(..., alpha=lr)` on CPU would round lr itself (1e-7 -> 1.19e-7).
                 parameter.sub_(group["lr"] * update)
         return loss
+
+    def _foreach_group_step(self, group: dict) -> None:
+        beta1, beta2 = group["betas"]
+        parameters = [parameter for parameter in group["params"] if parameter.grad is not None]
+        if not parameters:
+            return
+        grads = [parameter.grad for parameter in parameters]
+        if group["max_grad_norm"] > 0:
+            # Each tensor clipped on its own norm, as `clip_grad_norm_` on one tensor does, with
+            # the coefficient in the gradient's dtype.
+            by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+            for grad in grads:
+                by_dtype.setdefault(grad.dtype, []).append(grad)
+            for same_dtype in by_dtype.values():
+                norms = torch.stack(torch._foreach_norm(same_dtype))
+                coefficients = (group["max_grad_norm"] / (norms + 1e-6)).clamp(max=1.0)
+                torch._foreach_mul_(same_dtype, list(coefficients.unbind()))
+        for parameter in parameters:
+            state = self.state[parameter]
+            if not state:
+                state["exp_avg"] = torch.zeros_like(parameter)
+                state["exp_avg_sq"] = torch.zeros_like(parameter)
+        exp_avgs = [self.state[parameter]["exp_avg"] for parameter in parameters]
+        exp_avg_sqs = [self.state[parameter]["exp_avg_sq"] for parameter in parameters]
+        torch._foreach_mul_(exp_avgs, beta1)
+        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
+        denominators = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_add_(denominators, group["eps"])
+        updates = torch._foreach_div(exp_avgs, denominators)
+        if group["weight_decay"] > 0:
+            torch._foreach_add_(updates, torch._foreach_mul(parameters, group["weight_decay"]))
+        # Out of place: the in-place multi-tensor multiply rounds lr to a float16 parameter's dtype.
+        torch._foreach_sub_(parameters, torch._foreach_mul(updates, group["lr"]))
 
 
 def warmup_cosine(progress: float, warmup: float) -> float:

@@ -101,19 +101,64 @@ def weighted_token_interaction(text: LevelTokens, video: LevelTokens) -> torch.T
     return (t2v + v2t) / 2.0
 
 
+def _length_sorted_chunks(side: LevelTokens, chunk_size: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]:
+    """`side` cut into chunks of `chunk_size` items, each as `(items, masked tokens, weights,
+    trimmed)`.
+
+    On a masked level the items are taken longest first and each chunk keeps only the token
+    positions some item of it uses: the dropped positions are padding of every item in the chunk,
+    whose cells are 0 and whose terms in the weighted sum are 0. `trimmed` says positions were
+    dropped, so a max over them must still see those zero cells (docs/wti.md).
+    """
+    if side.mask is None:
+        return [
+            (torch.arange(start, min(start + chunk_size, len(side)), device=side.tokens.device),
+             side.tokens[start : start + chunk_size],
+             side.weights[start : start + chunk_size], False)
+            for start in range(0, len(side), chunk_size)
+        ]
+    width = side.tokens.shape[1]
+    lengths = side.mask.sum(dim=1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    # One host sync per side and level, not one per block.
+    chunk_widths = lengths[order[::chunk_size]].tolist()
+    chunks = []
+    for chunk, start in enumerate(range(0, len(side), chunk_size)):
+        items = order[start : start + chunk_size]
+        keep = max(int(chunk_widths[chunk]), 1)
+        tokens = side.tokens[items, :keep] * side.mask[items, :keep, None].to(side.tokens.dtype)
+        chunks.append((items, tokens, side.weights[items, :keep], keep < width))
+    return chunks
+
+
 def chunked_weighted_token_interaction(
     text: LevelTokens, video: LevelTokens, chunk_size: int | None = None
 ) -> torch.Tensor:
     """`weighted_token_interaction` in blocks of `chunk_size` texts x `chunk_size` videos written
     into one `[n_text, n_video]` result, so that the `[n_text, words, n_video, frames]` tensor
-    never exists whole."""
-    if chunk_size is None or (len(text) <= chunk_size and len(video) <= chunk_size):
-        return weighted_token_interaction(text, video)
+    never exists whole. Blocks group items of similar length and skip the token positions that
+    are padding for all of them (same scores, fewer products)."""
+    chunk_size = chunk_size or max(len(text), len(video), 1)
+    text_chunks = _length_sorted_chunks(text, chunk_size)
+    video_chunks = _length_sorted_chunks(video, chunk_size)
     scores = text.tokens.new_empty(len(text), len(video))
-    for text_start in range(0, len(text), chunk_size):
-        text_chunk = text[text_start : text_start + chunk_size]
-        for video_start in range(0, len(video), chunk_size):
-            scores[text_start : text_start + chunk_size, video_start : video_start + chunk_size] = (
-                weighted_token_interaction(text_chunk, video[video_start : video_start + chunk_size])
+    for text_items, text_tokens, text_weights, text_trimmed in text_chunks:
+        n_text, words, dim = text_tokens.shape
+        text_rows = text_tokens.reshape(n_text * words, dim)
+        for video_items, video_tokens, video_weights, video_trimmed in video_chunks:
+            n_video, frames, _ = video_tokens.shape
+            similarity = (text_rows @ video_tokens.reshape(n_video * frames, dim).t()).view(
+                n_text, words, n_video, frames
             )
+            best_frame = similarity.amax(dim=3)
+            best_word = similarity.amax(dim=1)
+            # Dropped positions were zero cells of every item here: the max still counts them.
+            if video_trimmed:
+                best_frame.clamp_min_(0)
+            if text_trimmed:
+                best_word.clamp_min_(0)
+            t2v = (best_frame * text_weights[:, :, None]).sum(dim=1)
+            v2t = (best_word * video_weights[None]).sum(dim=2)
+            block = (t2v + v2t) / 2.0
+            scores[text_items[:, None], video_items[None]] = block
     return scores
