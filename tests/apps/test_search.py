@@ -16,8 +16,11 @@ from hbi_transformers.models.hbi import video_processing_hbi
 from hbi_transformers.models.hbi.wti import weighted_token_interaction
 from hbi_transformers.models.hbi.modeling_hbi import HBITextOutput, HBIVideoOutput
 from hbi_transformers.apps.search import (
-    MANIFEST_NAME,
+    INFO_NAME,
+    IndexBusyError,
+    IndexDamagedError,
     IndexModelMismatchError,
+    OldIndexFormatError,
     VideoIndex,
     best_matching_frames,
     build_index,
@@ -128,26 +131,23 @@ def test_frame_shares_add_up_to_the_entity_score(model):
 
 def test_reindex_encodes_only_new_and_changed_files(model, processor, video_folder, tmp_path, count_decodes):
     index_dir = tmp_path / "index"
-    build_index(video_folder, model, processor, index_dir, batch_size=2, shard_size=2, progress=False)
-    first_shard = VideoIndex.open(index_dir).shards[0]
-    assert [entry["file"] for entry in first_shard["entries"]] == ["clip0.mp4", "clip2.mp4"]
-    first_shard_mtime = (index_dir / first_shard["file"]).stat().st_mtime_ns
+    build_index(video_folder, model, processor, index_dir, batch_size=2, batch_rows=2, progress=False)
+    kept = {row["file"]: row for row in VideoIndex.open(index_dir).dataset.to_table().to_pylist()}
 
     write_clip(video_folder / "nested" / "clip3.mp4", seed=7, num_frames=16)  # changed
     (video_folder / "clip4.mp4").unlink()  # deleted
     write_clip(video_folder / "new" / "clip5.mp4", seed=5)  # added
     count_decodes.clear()
-    report = build_index(video_folder, model, processor, index_dir, batch_size=2, shard_size=2, progress=False)
+    report = build_index(video_folder, model, processor, index_dir, batch_size=2, batch_rows=2, progress=False)
 
     assert sorted(count_decodes) == ["clip3.mp4", "clip5.mp4"]
     assert (report.added, report.updated, report.removed, report.unchanged) == (
         ["new/clip5.mp4"], ["nested/clip3.mp4"], ["clip4.mp4"], 3
     )
-    index = VideoIndex.open(index_dir)
-    assert index.shards[0] == first_shard  # untouched shard: same file, same rows
-    assert (index_dir / first_shard["file"]).stat().st_mtime_ns == first_shard_mtime
-    assert sorted(entry["file"] for shard in index.shards for entry in shard["entries"]) == relative_files(video_folder)
-    assert sorted(path.name for path in index_dir.iterdir()) == sorted([MANIFEST_NAME] + [s["file"] for s in index.shards])
+    rows = {row["file"]: row for row in VideoIndex.open(index_dir).dataset.to_table().to_pylist()}
+    assert sorted(rows) == relative_files(video_folder)
+    assert all(rows[file] == kept[file] for file in ("clip0.mp4", "clip2.mp4", "nested/clip1.mp4"))  # not re-encoded
+    assert sorted(path.name for path in index_dir.iterdir()) == sorted([INFO_NAME, "entries.lance", "write.lock"])
 
     # The updated index ranks as the folder now is.
     files = relative_files(video_folder)
@@ -156,7 +156,7 @@ def test_reindex_encodes_only_new_and_changed_files(model, processor, video_fold
     assert [hit.file for hit in hits] == [files[i] for i in expected.argsort(descending=True)]
 
     count_decodes.clear()
-    report = build_index(video_folder, model, processor, index_dir, batch_size=2, shard_size=2, progress=False)
+    report = build_index(video_folder, model, processor, index_dir, batch_size=2, batch_rows=2, progress=False)
     assert count_decodes == [] and report.unchanged == 5 and not (report.added or report.updated or report.removed)
 
 
@@ -211,7 +211,7 @@ def assert_same_hits(got, expected):
 
 
 def test_two_stage_search_equals_exhaustive_when_the_pool_covers_the_index(model, processor, video_folder, tmp_path):
-    build_index(video_folder, model, processor, tmp_path / "index", batch_size=2, shard_size=2, progress=False)
+    build_index(video_folder, model, processor, tmp_path / "index", batch_size=2, batch_rows=2, progress=False)
     exhaustive = search(tmp_path / "index", QUERIES, model, processor, top_k=5)
     for pool in (5, 50):
         assert_same_hits(search(tmp_path / "index", QUERIES, model, processor, top_k=5, candidates=pool), exhaustive)
@@ -236,8 +236,8 @@ def test_two_stage_over_many_shards_of_precomputed_features(model, processor, tm
     )
     texts = HBITextOutput(text_embeds=torch.randn(3, 8, dim, generator=generator),
                           attention_mask=torch.ones(3, 8, dtype=torch.long))
-    index = index_from_features(tmp_path / "index", model, videos, [f"video{i}" for i in range(num_videos)], shard_size=7)
-    assert len(index) == num_videos and len(index.shards) == 6
+    index = index_from_features(tmp_path / "index", model, videos, [f"video{i}" for i in range(num_videos)], batch_rows=7)
+    assert len(index) == num_videos and len(index.dataset.get_fragments()) == 6
 
     exhaustive = search_by_text_features(index, texts, model, top_k=10)
     assert_same_hits(search_by_text_features(index, texts, model, top_k=10, candidates=num_videos), exhaustive)
@@ -272,7 +272,7 @@ def test_segments_are_fixed_windows_that_hits_point_into(model, processor, tmp_p
     write_clip(folder / "short.mp4", seed=2, num_frames=6, fps=2)  # 3 s
     report = build_index(folder, model, processor, tmp_path / "index", segment_seconds=10, progress=False)
     assert report.num_entries == 4 and report.num_files == 2
-    entries = [entry for shard in VideoIndex.open(tmp_path / "index").shards for entry in shard["entries"]]
+    entries = VideoIndex.open(tmp_path / "index").dataset.to_table().to_pylist()
     assert [(entry["file"], entry["start"], entry["end"]) for entry in entries] == [
         ("long.mp4", 0, 10), ("long.mp4", 10, 20), ("long.mp4", 20, 25.0), ("short.mp4", 0, 3.0)
     ]

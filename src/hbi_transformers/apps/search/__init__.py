@@ -47,14 +47,17 @@ The command lines are `hbi-index` and `hbi-search` (`hbi_transformers.cli.index`
 from .build import build_index, index_from_features
 from ...training.model_identity import model_identity
 from .identity import IndexModelMismatchError, pooled_embeddings
-from .index import MANIFEST_NAME, VideoIndex
+from .index import INFO_NAME, IndexBusyError, IndexDamagedError, OldIndexFormatError, VideoIndex
 from .rank import best_matching_frames, search, search_by_text_features
 from .results import IndexReport, SearchHit, format_search_results, search_results_to_json
 
 __all__ = [
-    "MANIFEST_NAME",
+    "INFO_NAME",
+    "IndexBusyError",
+    "IndexDamagedError",
     "IndexModelMismatchError",
     "IndexReport",
+    "OldIndexFormatError",
     "SearchHit",
     "VideoIndex",
     "best_matching_frames",
