@@ -388,9 +388,10 @@ def index_from_features(
     if len(names) != video_outputs.video_embeds.shape[0]:
         raise ValueError(f"{len(names)} names for {video_outputs.video_embeds.shape[0]} videos")
     index_dir = Path(index_dir)
-    if (index_dir / INFO_NAME).exists() or (index_dir / OLD_MANIFEST_NAME).exists():
-        raise FileExistsError(f"{index_dir} already holds an index")
     with IndexWriter(index_dir) as writer:
+        # Checked under the lock: a writer that finished meanwhile has made an index here.
+        if (index_dir / INFO_NAME).exists() or (index_dir / OLD_MANIFEST_NAME).exists():
+            raise FileExistsError(f"{index_dir} already holds an index")
         writer.attach(new_info(model_identity(model), None, None, storage_dtype), None)
         step = min(batch_size, batch_rows)
         for start in range(0, len(names), step):

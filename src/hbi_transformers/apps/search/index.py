@@ -419,6 +419,10 @@ class IndexWriter:
         if not self._entries:
             return
         tensors = {key: torch.cat([batch[key] for batch in self._tensors]) for key in self._tensors[0]}
+        finite = torch.stack([tensor.flatten(1).float().isfinite().all(dim=1) for tensor in tensors.values()]).all(dim=0)
+        if not finite.all():
+            names = [self._entries[row]["file"] for row in (~finite).nonzero().flatten().tolist()]
+            raise ValueError(f"the model's outputs for {', '.join(names[:5])} hold NaN or infinite values: not indexed")
         rows = self._arrow(self._entries, tensors)
         self._entries, self._tensors = [], []
         if self.table is None:
