@@ -32,6 +32,9 @@ setup(
         "ftfy",
         "datasets>=4.0",
         "accelerate>=1.0",
+        # The search index: LanceDB tables (the Lance format, read through pylance).
+        "lancedb==0.40.0",
+        "pylance==9.0.0",
     ],
     extras_require={
         "test": ["pytest>=8", "evaluate==0.4.6", "matplotlib>=3.6", "parameterized>=0.9"],

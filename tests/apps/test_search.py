@@ -16,8 +16,11 @@ from hbi_transformers.models.hbi import video_processing_hbi
 from hbi_transformers.models.hbi.wti import weighted_token_interaction
 from hbi_transformers.models.hbi.modeling_hbi import HBITextOutput, HBIVideoOutput
 from hbi_transformers.apps.search import (
-    MANIFEST_NAME,
+    INFO_NAME,
+    IndexBusyError,
+    IndexDamagedError,
     IndexModelMismatchError,
+    OldIndexFormatError,
     VideoIndex,
     best_matching_frames,
     build_index,
@@ -26,6 +29,7 @@ from hbi_transformers.apps.search import (
     search_by_text_features,
     search_results_to_json,
 )
+from hbi_transformers.apps.search.rank import _RunningTopK
 from hbi_transformers.cli import index as index_command
 from hbi_transformers.cli import search as search_command
 
@@ -128,26 +132,23 @@ def test_frame_shares_add_up_to_the_entity_score(model):
 
 def test_reindex_encodes_only_new_and_changed_files(model, processor, video_folder, tmp_path, count_decodes):
     index_dir = tmp_path / "index"
-    build_index(video_folder, model, processor, index_dir, batch_size=2, shard_size=2, progress=False)
-    first_shard = VideoIndex.open(index_dir).shards[0]
-    assert [entry["file"] for entry in first_shard["entries"]] == ["clip0.mp4", "clip2.mp4"]
-    first_shard_mtime = (index_dir / first_shard["file"]).stat().st_mtime_ns
+    build_index(video_folder, model, processor, index_dir, batch_size=2, batch_rows=2, progress=False)
+    kept = {row["file"]: row for row in VideoIndex.open(index_dir).dataset.to_table().to_pylist()}
 
     write_clip(video_folder / "nested" / "clip3.mp4", seed=7, num_frames=16)  # changed
     (video_folder / "clip4.mp4").unlink()  # deleted
     write_clip(video_folder / "new" / "clip5.mp4", seed=5)  # added
     count_decodes.clear()
-    report = build_index(video_folder, model, processor, index_dir, batch_size=2, shard_size=2, progress=False)
+    report = build_index(video_folder, model, processor, index_dir, batch_size=2, batch_rows=2, progress=False)
 
     assert sorted(count_decodes) == ["clip3.mp4", "clip5.mp4"]
     assert (report.added, report.updated, report.removed, report.unchanged) == (
         ["new/clip5.mp4"], ["nested/clip3.mp4"], ["clip4.mp4"], 3
     )
-    index = VideoIndex.open(index_dir)
-    assert index.shards[0] == first_shard  # untouched shard: same file, same rows
-    assert (index_dir / first_shard["file"]).stat().st_mtime_ns == first_shard_mtime
-    assert sorted(entry["file"] for shard in index.shards for entry in shard["entries"]) == relative_files(video_folder)
-    assert sorted(path.name for path in index_dir.iterdir()) == sorted([MANIFEST_NAME] + [s["file"] for s in index.shards])
+    rows = {row["file"]: row for row in VideoIndex.open(index_dir).dataset.to_table().to_pylist()}
+    assert sorted(rows) == relative_files(video_folder)
+    assert all(rows[file] == kept[file] for file in ("clip0.mp4", "clip2.mp4", "nested/clip1.mp4"))  # not re-encoded
+    assert sorted(path.name for path in index_dir.iterdir()) == sorted([INFO_NAME, "entries.lance", "write.lock"])
 
     # The updated index ranks as the folder now is.
     files = relative_files(video_folder)
@@ -156,7 +157,7 @@ def test_reindex_encodes_only_new_and_changed_files(model, processor, video_fold
     assert [hit.file for hit in hits] == [files[i] for i in expected.argsort(descending=True)]
 
     count_decodes.clear()
-    report = build_index(video_folder, model, processor, index_dir, batch_size=2, shard_size=2, progress=False)
+    report = build_index(video_folder, model, processor, index_dir, batch_size=2, batch_rows=2, progress=False)
     assert count_decodes == [] and report.unchanged == 5 and not (report.added or report.updated or report.removed)
 
 
@@ -211,7 +212,7 @@ def assert_same_hits(got, expected):
 
 
 def test_two_stage_search_equals_exhaustive_when_the_pool_covers_the_index(model, processor, video_folder, tmp_path):
-    build_index(video_folder, model, processor, tmp_path / "index", batch_size=2, shard_size=2, progress=False)
+    build_index(video_folder, model, processor, tmp_path / "index", batch_size=2, batch_rows=2, progress=False)
     exhaustive = search(tmp_path / "index", QUERIES, model, processor, top_k=5)
     for pool in (5, 50):
         assert_same_hits(search(tmp_path / "index", QUERIES, model, processor, top_k=5, candidates=pool), exhaustive)
@@ -236,8 +237,8 @@ def test_two_stage_over_many_shards_of_precomputed_features(model, processor, tm
     )
     texts = HBITextOutput(text_embeds=torch.randn(3, 8, dim, generator=generator),
                           attention_mask=torch.ones(3, 8, dtype=torch.long))
-    index = index_from_features(tmp_path / "index", model, videos, [f"video{i}" for i in range(num_videos)], shard_size=7)
-    assert len(index) == num_videos and len(index.shards) == 6
+    index = index_from_features(tmp_path / "index", model, videos, [f"video{i}" for i in range(num_videos)], batch_rows=7)
+    assert len(index) == num_videos and len(index.dataset.get_fragments()) == 6
 
     exhaustive = search_by_text_features(index, texts, model, top_k=10)
     assert_same_hits(search_by_text_features(index, texts, model, top_k=10, candidates=num_videos), exhaustive)
@@ -272,7 +273,7 @@ def test_segments_are_fixed_windows_that_hits_point_into(model, processor, tmp_p
     write_clip(folder / "short.mp4", seed=2, num_frames=6, fps=2)  # 3 s
     report = build_index(folder, model, processor, tmp_path / "index", segment_seconds=10, progress=False)
     assert report.num_entries == 4 and report.num_files == 2
-    entries = [entry for shard in VideoIndex.open(tmp_path / "index").shards for entry in shard["entries"]]
+    entries = VideoIndex.open(tmp_path / "index").dataset.to_table().to_pylist()
     assert [(entry["file"], entry["start"], entry["end"]) for entry in entries] == [
         ("long.mp4", 0, 10), ("long.mp4", 10, 20), ("long.mp4", 20, 25.0), ("short.mp4", 0, 3.0)
     ]
@@ -317,3 +318,148 @@ def test_command_lines(model, processor, video_folder, tmp_path, capsys):
     assert lines[0] == f"query: {QUERIES[0]}" and lines[1].split() == ["rank", "score", "file", "window"]
     assert lines[2].split()[:3] == ["1", f"{results[0][0].score:.2f}", results[0][0].file]
     assert len(lines) == 4
+
+
+WRITER_SCRIPT = """
+import sys, torch
+sys.path[:0] = [{tests!r}, {root!r}]
+from test_search import features_index_model, synthetic_videos
+from hbi_transformers.apps.search import IndexBusyError, index_from_features
+model = features_index_model()
+try:
+    index_from_features({index!r}, model, synthetic_videos({count}, seed={seed}),
+                        [f"{seed}-{{i}}" for i in range({count})], batch_rows={batch_rows}, batch_size={batch_rows})
+    print("ok")
+except (IndexBusyError, FileExistsError) as error:
+    print("refused:", error)
+"""
+
+
+def features_index_model():
+    torch.manual_seed(0)
+    return HBIModel(tiny_config(level_weights=[0.5, 0.3, 0.2])).eval()
+
+
+def synthetic_videos(count, seed, frames=6, dim=None):
+    generator = torch.Generator().manual_seed(seed)
+    dim = dim or tiny_config().projection_dim
+    lengths = torch.randint(3, frames + 1, (count,), generator=generator)
+    return HBIVideoOutput(video_embeds=torch.randn(count, frames, dim, generator=generator),
+                          video_mask=(torch.arange(frames)[None] < lengths[:, None]).long())
+
+
+def start_writer(index_dir, count, seed, batch_rows):
+    import subprocess
+    import sys
+
+    script = WRITER_SCRIPT.format(tests=os.path.dirname(__file__), root=os.path.dirname(os.path.dirname(__file__)), index=str(index_dir), count=count, seed=seed,
+                                  batch_rows=batch_rows)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def test_two_writers_at_once_one_lands_the_other_is_refused_never_crossed(tmp_path):
+    index_dir = tmp_path / "index"
+    writers = [start_writer(index_dir, 100, seed, batch_rows=10) for seed in (1, 2)]
+    outputs = [writer.communicate(timeout=120) for writer in writers]
+    printed = [out.strip() for out, _ in outputs]
+    assert sorted(line.split(":")[0] for line in printed) == ["ok", "refused"], outputs
+    assert "writing to the index" in printed[1 - printed.index("ok")] or "already holds" in "".join(printed)
+    winner = (1, 2)[printed.index("ok")]
+    index = VideoIndex.open(index_dir)
+    rows = {row["file"]: row for batch in index.scan(64) for row in batch.to_pylist()}  # every checksum checked
+    expected = synthetic_videos(100, winner).video_embeds
+    assert sorted(rows) == sorted(f"{winner}-{i}" for i in range(100))
+    for name, row in rows.items():
+        stored = torch.tensor(row["video_embeds"]).reshape(expected.shape[1:])
+        torch.testing.assert_close(stored, expected[int(name.split("-")[1])])
+
+
+def test_a_writer_killed_mid_write_leaves_the_last_commit(tmp_path):
+    import signal
+    import time
+
+    index_dir = tmp_path / "index"
+    writer = start_writer(index_dir, 1000, 1, batch_rows=10)
+    versions = index_dir / "entries.lance" / "_versions"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(versions.glob("*.manifest")) if versions.exists() else []) < 4:
+        time.sleep(0.05)
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.wait()
+    index = VideoIndex.open(index_dir)
+    count = len(index)
+    assert 0 < count < 1000 and count % 10 == 0
+    assert sum(batch.num_rows for batch in index.scan(64)) == count  # every row whole and checked
+    # The dead writer's lock is gone with it.
+    from hbi_transformers.apps.search.index import IndexWriter
+
+    IndexWriter(index_dir).close()
+
+
+def test_damaged_files_are_detected_and_named_with_the_rebuild_command(model, processor, video_folder, tmp_path):
+    index_dir = tmp_path / "index"
+    build_index(video_folder, model, processor, index_dir, progress=False)
+    data_file = next((index_dir / "entries.lance" / "data").iterdir())
+    original = data_file.read_bytes()
+    command = f"hbi-index {video_folder.resolve()} --model"
+
+    data_file.write_bytes(original[: len(original) // 2])  # truncated
+    with pytest.raises(IndexDamagedError, match="--rebuild") as error:
+        build_index(video_folder, model, processor, index_dir, progress=False)
+    assert command in str(error.value)
+    data_file.unlink()  # deleted
+    with pytest.raises(IndexDamagedError, match="missing"):
+        search(index_dir, QUERIES, model, processor)
+
+    flipped = bytearray(original)  # same size, altered bytes
+    for position in range(len(flipped) // 10, len(flipped) * 9 // 10, len(flipped) // 10):
+        flipped[position] ^= 0xFF
+    data_file.write_bytes(bytes(flipped))
+    with pytest.raises(IndexDamagedError, match="--rebuild"):
+        search(index_dir, QUERIES, model, processor)
+
+    outside = tmp_path / "elsewhere.lance"
+    outside.write_bytes(original)
+    data_file.unlink()
+    data_file.symlink_to(outside)  # the right bytes, read from outside the index folder
+    with pytest.raises(IndexDamagedError, match="outside the index folder"):
+        VideoIndex.open(index_dir)
+
+    report = build_index(video_folder, model, processor, index_dir, rebuild=True, progress=False)
+    assert report.num_entries == 5 and len(search(index_dir, QUERIES[0], model, processor, top_k=5)[0]) == 5
+
+
+def test_nan_entries_are_refused_at_write_and_nan_scores_rank_last(tmp_path):
+    model = features_index_model()
+    videos = synthetic_videos(12, seed=3)
+    videos.video_embeds[4] = float("nan")
+    with pytest.raises(ValueError, match="video4"):
+        index_from_features(tmp_path / "index", model, videos, [f"video{i}" for i in range(12)])
+
+    # A score that is NaN anyway (altered bytes that kept their checksum, a degenerate query)
+    # ranks after every real one, and before the entries that are no candidate at all.
+    best = _RunningTopK(1, 4, 0, "cpu")
+    best.update(torch.tensor([[float("nan"), 1.0, float("-inf"), -2.0]]), torch.arange(4))
+    assert best.ids.tolist() == [[1, 3, 0, 2]]
+
+
+def test_an_index_of_the_earlier_format_is_refused_with_the_command_that_rebuilds_it(
+    model, processor, video_folder, tmp_path
+):
+    index_dir = tmp_path / "old"
+    index_dir.mkdir()
+    (index_dir / "manifest.json").write_text(json.dumps({
+        "format": "hbi-video-index", "version": 1, "video_dir": str(video_folder), "segment_seconds": 10,
+        "model": {"name_or_path": "hbi-msrvtt"}, "tokenizer": None, "shards": [{"file": "../../secret"}],
+    }))
+    (index_dir / "shard-000000.safetensors").write_bytes(b"old")
+    expected = f"hbi-index {video_folder} --model hbi-msrvtt --output {index_dir} --rebuild --segment-seconds 10"
+    with pytest.raises(OldIndexFormatError) as error:
+        VideoIndex.open(index_dir)
+    assert expected in str(error.value)
+    with pytest.raises(OldIndexFormatError):
+        build_index(video_folder, model, processor, index_dir, segment_seconds=10, progress=False)
+    report = build_index(video_folder, model, processor, index_dir, segment_seconds=10, rebuild=True, progress=False)
+    assert report.num_entries == 5 and not (index_dir / "shard-000000.safetensors").exists()

@@ -5,12 +5,12 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from ..apps.search import IndexReport, build_index
-from ..apps.search.index import DEFAULT_SHARD_SIZE
+from ..apps.search.index import DEFAULT_ANN_MIN_ROWS, DEFAULT_BATCH_ROWS
 from .loading import load_model_and_processor
 
 DESCRIPTION = (
     "Index a folder of videos for hbi-search: encode every video under VIDEO_DIR (recursively), whole or in "
-    "fixed windows, with an HBI model into safetensors shards. Re-running it on the same folder encodes only "
+    "fixed windows, with an HBI model into a LanceDB table. Re-running it on the same folder encodes only "
     "new and changed files and drops deleted ones; files that fail to decode are reported and skipped."
 )
 
@@ -31,7 +31,15 @@ class IndexArguments:
         metadata={"help": "Index fixed windows of this many seconds instead of whole videos; None: whole videos."},
     )
     batch_size: int = field(default=8, metadata={"help": "Videos (or windows) encoded at once."})
-    shard_size: int = field(default=DEFAULT_SHARD_SIZE, metadata={"help": "Entries per shard file."})
+    batch_rows: int = field(default=DEFAULT_BATCH_ROWS, metadata={"help": "Entries per commit."})
+    storage_dtype: str = field(default="float32", metadata={"help": "float32 or float16 (half the disk) tokens."})
+    ann_min_rows: int = field(
+        default=DEFAULT_ANN_MIN_ROWS, metadata={"help": "Build the IVF_PQ first-stage index from this many entries on."}
+    )
+    rebuild: bool = field(
+        default=False,
+        metadata={"help": "Delete the index in OUTPUT (of any version, damaged or not) and encode everything again."},
+    )
     hash_contents: bool = field(
         default=False, metadata={"help": "Also compare file contents, so touched but unchanged files are kept."}
     )
@@ -46,7 +54,8 @@ def run(argv: list[str] | None = None) -> IndexReport:
     model, processor = load_model_and_processor(args.model, args.tokenizer, args.device)
     report = build_index(
         positional.video_dir, model, processor, args.output, batch_size=args.batch_size,
-        segment_seconds=args.segment_seconds, shard_size=args.shard_size, hash_contents=args.hash_contents,
+        segment_seconds=args.segment_seconds, batch_rows=args.batch_rows, hash_contents=args.hash_contents,
+        storage_dtype=args.storage_dtype, ann_min_rows=args.ann_min_rows, rebuild=args.rebuild,
     )
     print(report.summary())
     return report

@@ -7,7 +7,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from ..apps.search import SearchHit, VideoIndex, format_search_results, search, search_results_to_json
-from ..apps.search.rank import DEFAULT_CHUNK_SIZE
+from ..apps.search.rank import DEFAULT_CHUNK_SIZE, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR
 from .loading import load_model_and_processor
 
 DESCRIPTION = (
@@ -36,6 +36,11 @@ class SearchArguments:
             "help": "Two-stage search: re-rank only this many pooled-embedding candidates; None: score every entry."
         },
     )
+    nprobes: int = field(default=DEFAULT_NPROBES, metadata={"help": "IVF partitions probed by the first stage."})
+    refine_factor: int = field(
+        default=DEFAULT_REFINE_FACTOR,
+        metadata={"help": "Approximate first-stage neighbours re-ranked on exact vectors, per candidate."},
+    )
     chunk_size: int = field(default=DEFAULT_CHUNK_SIZE, metadata={"help": "Texts x videos per scoring block."})
     as_json: bool = field(default=False, metadata={"help": "Print JSON instead of a table.", "aliases": ["--json"]})
     device: str | None = field(default=None, metadata={"help": "None: cuda when available, else cpu."})
@@ -51,13 +56,14 @@ def run(argv: list[str] | None = None) -> list[list[SearchHit]]:
     model_name = args.model or index.model_name_or_path
     if not model_name:
         raise SystemExit(f"the index at {positional.index} does not name its model: pass --model")
-    recorded_tokenizer = (index.manifest.get("tokenizer") or {}).get("name_or_path")
+    recorded_tokenizer = (index.info.get("tokenizer") or {}).get("name_or_path")
     has_processor = (Path(model_name) / "processor_config.json").exists()
     tokenizer = args.tokenizer or (None if has_processor else recorded_tokenizer)
     model, processor = load_model_and_processor(model_name, tokenizer, args.device)
     results = search(
         positional.index, positional.queries, model, processor, top_k=args.top_k,
         chunk_size=args.chunk_size, candidates=args.candidates,
+        nprobes=args.nprobes, refine_factor=args.refine_factor,
     )
     if args.as_json:
         print(json.dumps(search_results_to_json(positional.queries, results), indent=2))

@@ -18,7 +18,17 @@ from ...models.hbi.modeling_hbi import HBIVideoOutput
 from ...training.evaluation.encoding import encode_clips
 from ...training.model_identity import model_identity
 from .identity import IndexModelMismatchError, check_same_model
-from .index import DEFAULT_SHARD_SIZE, MANIFEST_NAME, IndexWriter, VideoIndex, entry_tensors, new_manifest
+from .index import (
+    DEFAULT_ANN_MIN_ROWS,
+    DEFAULT_BATCH_ROWS,
+    INFO_NAME,
+    OLD_MANIFEST_NAME,
+    IndexWriter,
+    VideoIndex,
+    entry_tensors,
+    new_info,
+    remove_index,
+)
 from .results import IndexReport
 
 # Video processor settings an index is built with; an update must use the same.
@@ -43,7 +53,7 @@ WINDOW_EPSILON = 1e-6
 
 @dataclass
 class _EncodedWindow:
-    """One entry of a file, encoded: its manifest record and its model outputs (a row each)."""
+    """One entry of a file, encoded: its entry record and its model outputs (a row each)."""
 
     start: float | None
     end: float | None
@@ -92,7 +102,7 @@ def _scan(video_dir: Path, extensions: Sequence[str]) -> dict[str, Path]:
 
 def _video_processing_settings(video_processor) -> dict:
     settings = video_processor.to_dict()
-    # Tuples as lists, enums as their values: what the manifest gives back when read.
+    # Tuples as lists, enums as their values: what index.json gives back when read.
     return json.loads(json.dumps({key: settings.get(key) for key in VIDEO_SETTING_KEYS}))
 
 
@@ -111,8 +121,11 @@ def build_index(
     segment_seconds: int | None = None,
     extensions: Sequence[str] = VIDEO_EXTENSIONS,
     progress: bool = True,
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
     hash_contents: bool = False,
+    storage_dtype: str = "float32",
+    ann_min_rows: int = DEFAULT_ANN_MIN_ROWS,
+    rebuild: bool = False,
 ) -> IndexReport:
     """Encodes every video under `video_dir` (recursively, files ending in `extensions`) into an
     index at `index_dir`, or brings an existing index up to date.
@@ -128,9 +141,13 @@ def build_index(
             so that a hit points at a moment. An update must use the same value.
         extensions: which files are videos.
         progress: show a progress bar.
-        shard_size: entries per shard (a shard is what a search holds in memory at once).
+        batch_rows: entries per commit (files are never split across commits).
         hash_contents: also record a hash of each file's bytes, so that a file whose modification
             time changed but whose contents did not (a copy, a `touch`) is not re-encoded.
+        storage_dtype: "float32" or "float16" for the stored tokens (half the disk).
+        ann_min_rows: build the first stage's approximate (IVF_PQ) index from this many entries on.
+        rebuild: delete what the folder holds of an index (this format or the earlier one, damaged
+            or not) and encode everything again.
 
     Files are compared with the index by size and modification time. A file that fails to decode
     is logged, reported in `IndexReport.bad_files` and skipped; it is tried again once it changes.
@@ -138,6 +155,8 @@ def build_index(
     Raises:
         IndexModelMismatchError: `index_dir` holds an index built with another model, other video
             settings or another `segment_seconds`.
+        IndexBusyError: another process is writing to `index_dir`.
+        IndexDamagedError / OldIndexFormatError: the index must be rebuilt (`rebuild=True`).
     """
     _check_segment_seconds(segment_seconds)
     video_dir, index_dir = Path(video_dir).resolve(), Path(index_dir)
@@ -146,39 +165,61 @@ def build_index(
     video_processor = getattr(processor, "video_processor", processor)
     identity = model_identity(model)
     settings = _video_processing_settings(video_processor)
-    if (index_dir / MANIFEST_NAME).exists():
-        manifest = VideoIndex.open(index_dir).manifest
-        _check_can_update(manifest, identity, settings, segment_seconds, index_dir)
+    writer = IndexWriter(index_dir)
+    try:
+        return _update(writer, video_dir, model, processor, video_processor, identity, settings, batch_size,
+                       segment_seconds, extensions, progress, batch_rows, hash_contents, storage_dtype, ann_min_rows,
+                       rebuild)
+    finally:
+        writer.close()
+
+
+def _update(writer, video_dir, model, processor, video_processor, identity, settings, batch_size, segment_seconds,
+            extensions, progress, batch_rows, hash_contents, storage_dtype, ann_min_rows, rebuild) -> IndexReport:
+    index_dir = writer.index_dir
+    if rebuild:
+        remove_index(index_dir)
+    if (index_dir / INFO_NAME).exists() or (index_dir / OLD_MANIFEST_NAME).exists():
+        index = VideoIndex.open(index_dir)
+        info = index.info
+        _check_can_update(info, identity, settings, segment_seconds, index_dir)
+        recorded_files = index.files()
+        writer.attach(info, index.table)
     else:
-        manifest = new_manifest(identity, settings, segment_seconds)
-    manifest["video_dir"] = str(video_dir)
-    manifest["model"]["name_or_path"] = identity["name_or_path"] or manifest["model"]["name_or_path"]
+        info = new_info(identity, settings, segment_seconds, storage_dtype)
+        recorded_files = {}
+        writer.attach(info, None)
+    info["video_dir"] = str(video_dir)
+    info["model"]["name_or_path"] = identity["name_or_path"] or info["model"]["name_or_path"]
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is not None:
-        manifest["tokenizer"] = {"name_or_path": tokenizer.name_or_path, "max_words": processor.max_words}
-    writer = IndexWriter(index_dir, manifest)
+        info["tokenizer"] = {"name_or_path": tokenizer.name_or_path, "max_words": processor.max_words}
 
     found = _scan(video_dir, extensions)
     report = IndexReport(index_dir=str(index_dir), num_entries=0, num_files=0)
-    for file, recorded in list(manifest["files"].items()):
+    touched = {}
+    for file, recorded in recorded_files.items():
         if file not in found:
             report.removed.append(file)
             continue
         unchanged, state = _is_unchanged(recorded, found[file], hash_contents)
         if unchanged:
-            manifest["files"][file] = {**recorded, **state}
+            if (state["size"], state["mtime_ns"]) != (recorded["size"], recorded["mtime_ns"]):
+                touched[file] = state
             report.unchanged += 1
         else:
             report.updated.append(file)
     known_bad = []
-    for file, recorded in list(manifest["bad_files"].items()):
+    for file, recorded in list(info["bad_files"].items()):
         if file in found and _is_unchanged(recorded, found[file], hash_contents)[0]:
             known_bad.append(BadItem(file, recorded["reason"]))
         else:
             # Deleted, or changed and worth another try (then it is new to the index).
-            del manifest["bad_files"][file]
-    report.added = [file for file in found if file not in manifest["files"] and file not in manifest["bad_files"]]
-    writer.drop_entries_of(set(report.removed) | set(report.updated))
+            del info["bad_files"][file]
+    report.added = [file for file in found if file not in recorded_files and file not in info["bad_files"]]
+    writer.drop_files(set(report.removed) | set(report.updated))
+    if touched:
+        writer.update_file_states(touched)
     changed_or_new = {*report.added, *report.updated}
     to_encode = [file for file in found if file in changed_or_new]
 
@@ -186,37 +227,39 @@ def build_index(
     model.eval()
     try:
         bad_files = _encode_files(
-            writer, model, video_processor, found, to_encode, batch_size, segment_seconds, shard_size, hash_contents,
+            writer, model, video_processor, found, to_encode, batch_size, segment_seconds, batch_rows, hash_contents,
             progress,
         )
     finally:
         model.train(was_training)
     writer.flush()
-    writer.remove_unreferenced_shards()
+    writer.commit_info()
+    writer.maintain_ann_index(ann_min_rows)
 
     # A file that fails now is neither added nor updated.
     failed = {item.name for item in bad_files}
     report.added = [file for file in report.added if file not in failed]
     report.updated = [file for file in report.updated if file not in failed]
     report.bad_files = known_bad + bad_files
-    report.num_files = len(manifest["files"])
-    report.num_entries = sum(len(shard["entries"]) for shard in manifest["shards"])
+    index = VideoIndex.open(index_dir)
+    report.num_files = len(index.files())
+    report.num_entries = len(index)
     return report
 
 
-def _check_can_update(manifest: dict, identity: dict, settings: dict, segment_seconds, index_dir) -> None:
-    if manifest["video_processing"] is None:
+def _check_can_update(info: dict, identity: dict, settings: dict, segment_seconds, index_dir) -> None:
+    if info["video_processing"] is None:
         raise ValueError(f"the index at {index_dir} was made from features (index_from_features): it has no files to update")
-    check_same_model(manifest["model"], identity, index_dir)
-    if manifest["video_processing"] != settings:
-        changed = sorted(key for key in settings if manifest["video_processing"].get(key) != settings[key])
+    check_same_model(info["model"], identity, index_dir)
+    if info["video_processing"] != settings:
+        changed = sorted(key for key in settings if info["video_processing"].get(key) != settings[key])
         raise IndexModelMismatchError(
             f"the index at {index_dir} was built with other video processing settings ({', '.join(changed)}): "
             "use the same processor, or build a new index"
         )
-    if manifest["segment_seconds"] != segment_seconds:
+    if info["segment_seconds"] != segment_seconds:
         raise IndexModelMismatchError(
-            f"the index at {index_dir} holds {_describe_segments(manifest['segment_seconds'])}, not "
+            f"the index at {index_dir} holds {_describe_segments(info['segment_seconds'])}, not "
             f"{_describe_segments(segment_seconds)}: pass the same segment length, or build a new index"
         )
 
@@ -226,15 +269,15 @@ def _describe_segments(segment_seconds) -> str:
 
 
 def _encode_files(
-    writer, model, video_processor, found, to_encode, batch_size, segment_seconds, shard_size, hash_contents, progress
+    writer, model, video_processor, found, to_encode, batch_size, segment_seconds, batch_rows, hash_contents, progress
 ) -> list[BadItem]:
     """Encodes `to_encode` into `writer` and returns the files that failed to decode (at any
-    window: a file is dropped whole), with the reason, also recorded in the manifest.
+    window: a file is dropped whole), with the reason, also recorded in the index's info.
 
     Files go `batch_size` at a time through `_encode_group`, so that only their encoded windows
     are held. Their entries are then stored in file order, `batch_size` windows at a time across
-    files (the batches the token merging sees, see the package docstring), and a shard is written
-    only between files, so that a committed manifest never lists part of a file."""
+    files (the batches the token merging sees, see the package docstring), and a commit is made
+    only between files, so that a committed version never holds part of a file."""
     # Every failure is reported; none stops the run.
     collator = HBIDataCollator(video_processor, max_bad_fraction=1.0)
     bad_files = []
@@ -259,14 +302,14 @@ def _encode_files(
                 bar.update()
                 if file in reasons:
                     bad_files.append(BadItem(file, reasons[file]))
-                    writer.manifest["bad_files"][file] = {**states[file], "reason": reasons[file]}
+                    writer.info["bad_files"][file] = {**states[file], "reason": reasons[file]}
                     continue
                 for window in windows[file]:
                     queue.append((file, window))
                     if len(queue) >= batch_size:
                         store_queue()
                 writer.pending_files[file] = {**states[file], "duration": windows[file][-1].duration}
-                if len(writer) + len(queue) >= shard_size:
+                if len(writer) + len(queue) >= batch_rows:
                     store_queue()
                     writer.flush()
     store_queue()
@@ -333,8 +376,10 @@ def index_from_features(
     model,
     video_outputs: HBIVideoOutput,
     names: Sequence[str],
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
     batch_size: int = 256,
+    storage_dtype: str = "float32",
+    ann_min_rows: int = DEFAULT_ANN_MIN_ROWS,
 ) -> VideoIndex:
     """A new index of already computed frame embeddings (e.g. from `get_video_features`, or
     synthetic ones for a benchmark), without decoding any file. Entries are named by `names` and
@@ -343,24 +388,28 @@ def index_from_features(
     if len(names) != video_outputs.video_embeds.shape[0]:
         raise ValueError(f"{len(names)} names for {video_outputs.video_embeds.shape[0]} videos")
     index_dir = Path(index_dir)
-    if (index_dir / MANIFEST_NAME).exists():
-        raise FileExistsError(f"{index_dir} already holds an index")
-    writer = IndexWriter(index_dir, new_manifest(model_identity(model), None, None))
-    step = min(batch_size, shard_size)
-    for start in range(0, len(names), step):
-        batch_names = names[start : start + step]
-        writer.add(
-            [{"file": name, "start": None, "end": None, "timestamps": None} for name in batch_names],
-            entry_tensors(
-                model,
-                video_outputs.video_embeds[start : start + step].to(model.device),
-                video_outputs.video_mask[start : start + step].to(model.device),
-            ),
-        )
-        writer.pending_files.update(
-            {name: {"size": None, "mtime_ns": None, "content_hash": None, "duration": None} for name in batch_names}
-        )
-        if len(writer) >= shard_size:
-            writer.flush()
-    writer.flush()  # the last shard, or an empty index
+    with IndexWriter(index_dir) as writer:
+        # Checked under the lock: a writer that finished meanwhile has made an index here.
+        if (index_dir / INFO_NAME).exists() or (index_dir / OLD_MANIFEST_NAME).exists():
+            raise FileExistsError(f"{index_dir} already holds an index")
+        writer.attach(new_info(model_identity(model), None, None, storage_dtype), None)
+        step = min(batch_size, batch_rows)
+        for start in range(0, len(names), step):
+            batch_names = names[start : start + step]
+            writer.add(
+                [{"file": name, "start": None, "end": None, "timestamps": None} for name in batch_names],
+                entry_tensors(
+                    model,
+                    video_outputs.video_embeds[start : start + step].to(model.device),
+                    video_outputs.video_mask[start : start + step].to(model.device),
+                ),
+            )
+            writer.pending_files.update(
+                {name: {"size": None, "mtime_ns": None, "content_hash": None, "duration": None} for name in batch_names}
+            )
+            if len(writer) >= batch_rows:
+                writer.flush()
+        writer.flush()
+        writer.commit_info()
+        writer.maintain_ann_index(ann_min_rows)
     return VideoIndex.open(index_dir)

@@ -1,150 +1,340 @@
-"""The index on disk: the manifest and the shards (see the package docstring for the layout),
-`VideoIndex` to read them, and the writer that adds and rewrites shards and commits the
-manifest."""
+"""The index on disk (see the package docstring for the layout): `VideoIndex` to read it, checked
+before it is trusted, and `IndexWriter`, the one process that may change it at a time."""
 
-import bisect
+import fcntl
+import hashlib
 import json
 import os
+import shutil
+import struct
 from pathlib import Path
 
+import lancedb
+import numpy as np
+import pyarrow as pa
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 from ...models.hbi.configuration_hbi import LEVEL_NAMES
-from ...models.hbi.modeling_hbi import HBIVideoOutput
 from ...models.hbi.wti import LevelTokens, l2_normalize
 from ...training.model_identity import model_identity
 from .identity import check_same_model, fixed_merge_noise, pooled_embeddings
 
 INDEX_FORMAT = "hbi-video-index"
-INDEX_VERSION = 1
-MANIFEST_NAME = "manifest.json"
-SHARD_PREFIX, SHARD_SUFFIX = "shard-", ".safetensors"
-DEFAULT_SHARD_SIZE = 1024
-# Candidate rows of a shard that form more runs than this are read with the whole shard.
-MAX_RUNS_READ_APART = 64
+INDEX_VERSION = 2
+INFO_NAME = "index.json"
+TABLE_NAME = "entries"
+LOCK_NAME = "write.lock"
+# What the first version (safetensors shards) left in an index folder.
+OLD_MANIFEST_NAME = "manifest.json"
+OLD_SHARD_GLOB = "shard-*.safetensors*"
+DEFAULT_BATCH_ROWS = 1024
+# The first stage gets an approximate (IVF_PQ) index from this many rows on; below, an exact scan
+# of the pooled vectors costs less than the index's own overhead (benchmarks/bench_search.py).
+DEFAULT_ANN_MIN_ROWS = 50_000
+STORAGE_DTYPES = {"float32": (torch.float32, pa.float32()), "float16": (torch.float16, pa.float16())}
+# Columns of the stored model outputs: flattened per row, shaped by the index's `shapes`.
+VECTOR_COLUMNS = ("video_embeds", "video_mask", "pooled", *(f"{name}_weights" for name in LEVEL_NAMES),
+                  *(f"{name}_tokens" for name in LEVEL_NAMES[1:]))
+ENTRY_COLUMNS = ("file", "start", "end", "timestamps")
+FILE_COLUMNS = ("size", "mtime_ns", "content_hash", "duration")
 
 
-def _shard_name(number: int) -> str:
-    return f"{SHARD_PREFIX}{number:06d}{SHARD_SUFFIX}"
+class IndexDamagedError(RuntimeError):
+    """Files of the index are missing, truncated, altered or point outside the index folder."""
 
 
-def _write_json_atomically(path: Path, data) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    # Compact: the manifest of a large index lists 10^5 entries and more.
-    temporary.write_text(json.dumps(data, separators=(",", ":")))
-    os.replace(temporary, path)
+class IndexBusyError(RuntimeError):
+    """Another process is writing to the index."""
+
+
+class OldIndexFormatError(ValueError):
+    """The folder holds an index written by an earlier version, which this one does not read."""
+
+
+def repair_command(index_dir, info: dict | None) -> str:
+    """The command that rebuilds an index from its videos (the repair of a damaged one)."""
+    video_dir = (info or {}).get("video_dir")
+    if not video_dir:
+        return "hbi_transformers.apps.search.index_from_features (an index made from features: make it again)"
+    return f"hbi-index {video_dir} --model {_model_name(info)} --output {index_dir} --rebuild" + _build_options(info)
+
+
+def _model_name(info: dict) -> str:
+    return info["model"].get("name_or_path") or "MODEL"
+
+
+def _build_options(info: dict) -> str:
+    options = ""
+    if info.get("segment_seconds") is not None:
+        options += f" --segment-seconds {info['segment_seconds']}"
+    if (info.get("tokenizer") or {}).get("name_or_path"):
+        options += f" --tokenizer {info['tokenizer']['name_or_path']}"
+    return options
+
+
+def _refuse_old_format(index_dir: Path) -> None:
+    manifest = json.loads((index_dir / OLD_MANIFEST_NAME).read_text())
+    if manifest.get("video_dir"):
+        how = ("rebuild it (its videos are encoded again) with\n  hbi-index "
+               f"{manifest['video_dir']} --model {_model_name(manifest)} --output {index_dir} --rebuild"
+               + _build_options(manifest))
+    else:
+        how = "it was made from features: make it again with hbi_transformers.apps.search.index_from_features"
+    raise OldIndexFormatError(
+        f"{index_dir} holds an index of an earlier hbi-index (safetensors shards and {OLD_MANIFEST_NAME}), "
+        f"which this version does not read: {how}"
+    )
+
+
+def remove_index(index_dir: Path) -> None:
+    """Deletes what an index (of this or the earlier format) keeps in `index_dir`, nothing else."""
+    for name in (INFO_NAME, OLD_MANIFEST_NAME, OLD_MANIFEST_NAME + ".tmp", INFO_NAME + ".tmp"):
+        (index_dir / name).unlink(missing_ok=True)
+    for path in index_dir.glob(OLD_SHARD_GLOB):
+        path.unlink()
+    if (index_dir / f"{TABLE_NAME}.lance").exists():
+        shutil.rmtree(index_dir / f"{TABLE_NAME}.lance")
+
+
+def _write_info(index_dir: Path, info: dict) -> None:
+    temporary = index_dir / (INFO_NAME + ".tmp")
+    temporary.write_text(json.dumps(info, indent=1))
+    os.replace(temporary, index_dir / INFO_NAME)
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return os.path.realpath(path).startswith(os.path.realpath(root) + os.sep)
+
+
+def _column_values(rows, name: str) -> np.ndarray:
+    """The values of a fixed-size list column, flat."""
+    column = rows.column(name)
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.flatten().to_numpy(zero_copy_only=False)
+
+
+def row_checksums(table: pa.Table | pa.RecordBatch) -> list[bytes]:
+    """A digest per row of what a search reads of it (its entry and every stored model output),
+    so that altered bytes are found where the format itself has no checksum."""
+    count = table.num_rows
+    parts = [[row.encode() for row in table.column("file").to_pylist()]]
+    for name in ("start", "end"):
+        values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        parts.append([struct.pack("<d", value) for value in values])
+    parts.append([json.dumps(times).encode() for times in table.column("timestamps").to_pylist()])
+    for name in VECTOR_COLUMNS:
+        values = _column_values(table, name).reshape(count, -1)
+        parts.append([row.tobytes() for row in values])
+    return [hashlib.blake2b(b"".join(row), digest_size=16).digest() for row in zip(*parts)]
+
+
+def _schema(shapes: dict, storage: pa.DataType) -> pa.Schema:
+    def vector(name, dtype):
+        return pa.field(name, pa.list_(dtype, shapes[name]))
+
+    fields = [
+        pa.field("file", pa.string(), nullable=False),
+        pa.field("size", pa.int64()),
+        pa.field("mtime_ns", pa.int64()),
+        pa.field("content_hash", pa.string()),
+        pa.field("duration", pa.float64()),
+        pa.field("start", pa.float64()),
+        pa.field("end", pa.float64()),
+        pa.field("timestamps", pa.list_(pa.float64())),
+        vector("video_embeds", storage),
+        vector("video_mask", pa.uint8()),
+        # The ANN index is built over float32 vectors (the first stage's exact scan too).
+        vector("pooled", pa.float32()),
+        *(vector(f"{name}_weights", pa.float32()) for name in LEVEL_NAMES),
+        *(vector(f"{name}_tokens", storage) for name in LEVEL_NAMES[1:]),
+        pa.field("checksum", pa.binary(16), nullable=False),
+    ]
+    return pa.schema(fields)
 
 
 class VideoIndex:
-    """Read access to an index folder written by `build_index` (or `index_from_features`)."""
+    """Read access to one committed version of an index folder written by `build_index` (or
+    `index_from_features`). Opening checks that every file the version refers to is inside the
+    folder, present and of its recorded size; every row read is checked against its checksum."""
 
-    def __init__(self, index_dir: str | os.PathLike, manifest: dict):
-        self.index_dir = Path(index_dir)
-        self.manifest = manifest
-        self.shards = manifest["shards"]
-        # Entry ids run over the shards in order: shard i holds ids offsets[i] .. offsets[i+1]-1.
-        sizes = [len(shard["entries"]) for shard in self.shards]
-        self.offsets = [0]
-        for size in sizes:
-            self.offsets.append(self.offsets[-1] + size)
+    def __init__(self, index_dir: Path, info: dict, table):
+        self.index_dir = index_dir
+        self.info = info
+        self.table = table
+        self.dataset = None if table is None else table.to_lance()
+        self.shapes = info["shapes"]
+        self.storage_dtype = STORAGE_DTYPES[info["storage_dtype"]][0]
 
     @classmethod
     def open(cls, index_dir: str | os.PathLike) -> "VideoIndex":
-        path = Path(index_dir) / MANIFEST_NAME
-        if not path.exists():
-            raise FileNotFoundError(f"no HBI video index at {index_dir} (no {MANIFEST_NAME}): build one with hbi-index")
-        manifest = json.loads(path.read_text())
-        if manifest.get("format") != INDEX_FORMAT or manifest.get("version") != INDEX_VERSION:
+        index_dir = Path(index_dir)
+        info_path = index_dir / INFO_NAME
+        if not info_path.exists():
+            if (index_dir / OLD_MANIFEST_NAME).exists():
+                _refuse_old_format(index_dir)
+            raise FileNotFoundError(f"no HBI video index at {index_dir} (no {INFO_NAME}): build one with hbi-index")
+        if not _inside(info_path, index_dir):
+            raise IndexDamagedError(f"{info_path} points outside the index folder {index_dir}")
+        info = json.loads(info_path.read_text())
+        if info.get("format") != INDEX_FORMAT or info.get("version") != INDEX_VERSION:
             raise ValueError(
-                f"{path} is not an HBI video index of version {INDEX_VERSION} "
-                f"(format {manifest.get('format')!r}, version {manifest.get('version')!r})"
+                f"{info_path} is not an HBI video index of version {INDEX_VERSION} "
+                f"(format {info.get('format')!r}, version {info.get('version')!r})"
             )
-        return cls(index_dir, manifest)
+        table_dir = index_dir / f"{TABLE_NAME}.lance"
+        if not _inside(table_dir, index_dir):
+            raise IndexDamagedError(f"{table_dir} points outside the index folder {index_dir}: "
+                                    f"rebuild it with\n  {repair_command(index_dir, info)}")
+        if info["shapes"] is None:  # nothing indexed yet
+            return cls(index_dir, info, None)
+        try:
+            table = lancedb.connect(index_dir).open_table(TABLE_NAME)
+            index = cls(index_dir, info, table)
+        except Exception as error:  # the engine's own report of a manifest it cannot read
+            raise IndexDamagedError(f"the table of the index at {index_dir} cannot be opened ({error}): rebuild "
+                                    f"it with\n  {repair_command(index_dir, info)}") from error
+        problems = index.file_problems()
+        if problems:
+            raise IndexDamagedError(
+                f"the index at {index_dir} is damaged: {'; '.join(problems[:5])}"
+                f"{f' (and {len(problems) - 5} more)' if len(problems) > 5 else ''}. Rebuild it with\n  {repair_command(index_dir, info)}"
+            )
+        return index
+
+    def file_problems(self) -> list[str]:
+        """What is wrong with the files this version refers to: outside the folder, missing, or of
+        another size than the one recorded when they were written."""
+        table_dir = self.index_dir / f"{TABLE_NAME}.lance"
+        problems = []
+        for fragment in self.dataset.get_fragments():
+            metadata = fragment.metadata
+            files = [(table_dir / "data" / data_file.path, data_file.file_size_bytes) for data_file in metadata.files]
+            if metadata.deletion_file is not None:
+                files.append((table_dir / metadata.deletion_file.path(metadata.id), None))
+            for path, size in files:
+                if not _inside(path, table_dir):
+                    problems.append(f"{path} is outside the index folder")
+                elif not path.is_file():
+                    problems.append(f"{path.name} is missing")
+                elif size is not None and path.stat().st_size != size:
+                    problems.append(f"{path.name} holds {path.stat().st_size} bytes, not {size}")
+        for index in self.dataset.describe_indices():
+            for segment in index.segments:
+                folder = table_dir / "_indices" / str(segment.uuid)
+                if not _inside(folder, table_dir):
+                    problems.append(f"the vector index {folder} is outside the index folder")
+                elif not folder.is_dir() or not any(folder.iterdir()):
+                    problems.append(f"the vector index {folder.name} is missing")
+        return problems
 
     def __len__(self) -> int:
-        return self.offsets[-1]
+        return 0 if self.dataset is None else self.dataset.count_rows()
 
     @property
     def model_name_or_path(self) -> str:
-        return self.manifest["model"]["name_or_path"]
+        return self.info["model"]["name_or_path"]
+
+    @property
+    def video_dir(self) -> str | None:
+        return self.info["video_dir"]
 
     def check_model(self, model) -> None:
         """Raises `IndexModelMismatchError` unless `model` is the model that built the index."""
-        check_same_model(self.manifest["model"], model_identity(model), self.index_dir)
+        check_same_model(self.info["model"], model_identity(model), self.index_dir)
 
-    def entry(self, entry_id: int) -> dict:
-        shard, row = self.locate(entry_id)
-        return self.shards[shard]["entries"][row]
+    def has_ann_index(self) -> bool:
+        return self.dataset is not None and bool(self.dataset.describe_indices())
 
-    def locate(self, entry_id: int) -> tuple[int, int]:
-        """(shard position, row) of an entry id."""
-        shard = bisect.bisect_right(self.offsets, entry_id) - 1
-        return shard, entry_id - self.offsets[shard]
+    def files(self) -> dict[str, dict]:
+        """The indexed files and their recorded state (size, modification time, content hash,
+        duration)."""
+        if self.dataset is None:
+            return {}
+        columns = ["file", *FILE_COLUMNS]
+        recorded = self._guarded(lambda: self.dataset.to_table(columns=columns)).to_pylist()
+        return {row["file"]: {key: row[key] for key in FILE_COLUMNS} for row in recorded}
 
-    def load_videos(self, shard: int, rows: torch.Tensor | None = None, device=None, dtype=None) -> HBIVideoOutput:
-        """The stored `HBIVideoOutput` of some rows (sorted, all by default) of one shard, reading
-        only those rows."""
-        tensors = self._read(shard, ("video_embeds", "video_mask"), rows, device, dtype)
-        return HBIVideoOutput(video_embeds=tensors["video_embeds"], video_mask=tensors["video_mask"])
+    def scan(self, batch_rows: int, columns=None):
+        """The rows in batches (of every column by default), checked."""
+        if self.dataset is None:
+            return
+        columns = list(columns or self.dataset.schema.names)
+        batches = self.dataset.to_batches(columns=columns, batch_size=batch_rows)
+        while True:
+            batch = self._guarded(lambda: next(batches, None))
+            if batch is None:
+                return
+            self._verify(batch)
+            yield batch
 
-    def load_levels(
-        self, shard: int, rows: torch.Tensor | None = None, device=None, dtype=None, num_levels: int | None = None
-    ) -> list[LevelTokens]:
+    def take(self, positions: list[int]) -> pa.Table:
+        """Rows (checked) by position in this version."""
+        rows = self._guarded(lambda: self.dataset.take(positions))
+        self._verify(rows)
+        return rows
+
+    def nearest(self, vector: np.ndarray, k: int, nprobes: int, refine_factor: int) -> pa.Table:
+        """The `k` rows (checked) with the largest dot product of their pooled vector with
+        `vector`: by the ANN index when there is one, else by an exact scan."""
+        query = {"column": "pooled", "q": vector, "k": k, "metric": "dot", "nprobes": nprobes,
+                 "refine_factor": refine_factor}
+        rows = self._guarded(lambda: self.dataset.to_table(nearest=query, with_row_id=True))
+        self._verify(rows)
+        return rows
+
+    def _verify(self, rows) -> None:
+        stored = rows.column("checksum").to_pylist()
+        bad = [row for row, (expected, actual) in enumerate(zip(stored, row_checksums(rows))) if expected != actual]
+        if bad:
+            files = sorted({rows.column("file")[row].as_py() for row in bad})
+            raise IndexDamagedError(
+                f"{len(bad)} entries of the index at {self.index_dir} do not match their checksum (altered bytes; "
+                f"files {', '.join(files[:5])}). Rebuild it "
+                f"with\n  {repair_command(self.index_dir, self.info)}"
+            )
+
+    def _guarded(self, read):
+        try:
+            return read()
+        except IndexDamagedError:
+            raise
+        except Exception as error:  # the engine's report of a file it cannot decode
+            raise IndexDamagedError(
+                f"the index at {self.index_dir} cannot be read ({error}). Rebuild it with\n  "
+                f"{repair_command(self.index_dir, self.info)}"
+            ) from error
+
+    def levels(self, rows, device=None, dtype=None, num_levels: int | None = None) -> list[LevelTokens]:
         """The video side of each level (the first `num_levels`), as `HBIModel.video_levels` made
-        it, for some rows (sorted, all by default) of one shard."""
+        it, of rows read from the index."""
+        count, frames = rows.num_rows, self.shapes["video_mask"]
+
+        def tensor(name, per_row):
+            array = _column_values(rows, name).reshape(count, *per_row)
+            return torch.from_numpy(np.require(array, requirements=["C", "W"])).to(device=device, dtype=dtype)
+
+        dim = self.shapes["pooled"]
+        video_embeds = tensor("video_embeds", (frames, dim))
+        mask = torch.from_numpy(_column_values(rows, "video_mask").reshape(count, frames).astype(np.int64)).to(device)
         names = LEVEL_NAMES[:num_levels]
-        keys = ["video_embeds", "video_mask", *(f"{name}_weights" for name in names)]
-        keys += [f"{name}_tokens" for name in names[1:]]
-        tensors = self._read(shard, keys, rows, device, dtype)
         # The entity tokens are the normalised frame embeddings: not stored twice.
-        levels = [LevelTokens(l2_normalize(tensors["video_embeds"]), tensors["entity_weights"], tensors["video_mask"])]
-        levels += [LevelTokens(tensors[f"{name}_tokens"], tensors[f"{name}_weights"], None) for name in names[1:]]
+        levels = [LevelTokens(l2_normalize(video_embeds), tensor("entity_weights", (frames,)), mask)]
+        for name in names[1:]:
+            size = self.shapes[f"{name}_weights"]
+            levels.append(LevelTokens(tensor(f"{name}_tokens", (size, dim)), tensor(f"{name}_weights", (size,)), None))
         return levels
-
-    def load_pooled(self, shard: int, device=None) -> torch.Tensor:
-        return self._read(shard, ["pooled_embeds"], None, device, torch.float32)["pooled_embeds"]
-
-    def _read(self, shard: int, keys, rows, device, dtype) -> dict[str, torch.Tensor]:
-        with safe_open(self.index_dir / self.shards[shard]["file"], framework="pt") as stored:
-            tensors = {key: _read_rows(stored.get_slice(key), rows) for key in keys}
-        return {
-            key: tensor.to(device=device, dtype=torch.long if key == "video_mask" else dtype)
-            for key, tensor in tensors.items()
-        }
-
-
-def _read_rows(tensor_slice, rows: torch.Tensor | None) -> torch.Tensor:
-    """Rows (sorted) of a stored tensor: as contiguous runs when they are few, else by reading the
-    whole tensor once (thousands of one-row reads cost more than the copy)."""
-    if rows is None:
-        return tensor_slice[:]
-    rows = rows.tolist()
-    run_starts = [0] + [i for i in range(1, len(rows)) if rows[i] != rows[i - 1] + 1]
-    if len(run_starts) > MAX_RUNS_READ_APART:
-        return tensor_slice[:][rows]
-    run_ends = run_starts[1:] + [len(rows)]
-    return torch.cat([tensor_slice[rows[start] : rows[end - 1] + 1] for start, end in zip(run_starts, run_ends)])
-
-
-def _write_shard(index_dir: Path, name: str, tensors: dict[str, torch.Tensor]) -> None:
-    path = index_dir / name
-    temporary = path.with_name(path.name + ".tmp")
-    save_file({key: tensor.contiguous() for key, tensor in tensors.items()}, str(temporary),
-              metadata={"format": INDEX_FORMAT})
-    os.replace(temporary, path)
 
 
 @torch.no_grad()
 def entry_tensors(model, video_embeds: torch.Tensor, video_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-    """What a shard stores for a batch of encoded videos (see the package docstring), on the CPU."""
+    """What a row stores of a batch of encoded videos (see the package docstring), on the CPU."""
     with fixed_merge_noise(video_embeds.device):
         levels = model.video_levels(video_embeds, video_mask)
     tensors = {
         "video_embeds": video_embeds,
         "video_mask": video_mask.to(torch.uint8),
-        "pooled_embeds": pooled_embeddings(levels[0]),
+        "pooled": pooled_embeddings(levels[0]),
     }
     for name, level in zip(LEVEL_NAMES, levels):
         tensors[f"{name}_weights"] = level.weights
@@ -153,7 +343,9 @@ def entry_tensors(model, video_embeds: torch.Tensor, video_mask: torch.Tensor) -
     return {key: tensor.cpu() if key == "video_mask" else tensor.float().cpu() for key, tensor in tensors.items()}
 
 
-def new_manifest(identity: dict, video_settings: dict | None, segment_seconds: int | None) -> dict:
+def new_info(identity: dict, video_settings: dict | None, segment_seconds: int | None, storage_dtype: str) -> dict:
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {storage_dtype!r}")
     return {
         "format": INDEX_FORMAT,
         "version": INDEX_VERSION,
@@ -162,23 +354,57 @@ def new_manifest(identity: dict, video_settings: dict | None, segment_seconds: i
         "tokenizer": None,
         "video_processing": video_settings,
         "segment_seconds": segment_seconds,
-        "next_shard": 0,
-        "files": {},
+        "storage_dtype": storage_dtype,
+        "shapes": None,  # known from the first rows
         "bad_files": {},
-        "shards": [],
     }
 
 
 class IndexWriter:
-    """The manifest of an index being built, and the shards it adds or rewrites."""
+    """The one process changing an index: holds the folder's write lock (a second writer is
+    refused, `IndexBusyError`) until `close`, buffers rows and commits them a batch at a time.
 
-    def __init__(self, index_dir: Path, manifest: dict):
+    Every commit is one atomic version of the table (the engine writes new files, then the
+    manifest that names them), so a reader, or the next writer after a crash, sees the last commit
+    whole. A batch only ever holds whole files."""
+
+    def __init__(self, index_dir: Path):
         index_dir.mkdir(parents=True, exist_ok=True)
         self.index_dir = index_dir
-        self.manifest = manifest
+        self._lock = open(index_dir / LOCK_NAME, "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "unknown"
+            self._lock.close()
+            raise IndexBusyError(
+                f"another process (pid {holder}) is writing to the index at {index_dir}: wait for it to finish "
+                "and run again (nothing was changed)"
+            ) from None
+        self._lock.truncate(0)
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        self.db = lancedb.connect(index_dir)
+        self.info: dict | None = None
+        self.table = None
         self.pending_files: dict[str, dict] = {}
         self._entries: list[dict] = []
-        self._tensors: list[dict[str, torch.Tensor]] = []  # one batch of rows each
+        self._tensors: list[dict[str, torch.Tensor]] = []
+
+    def attach(self, info: dict, table) -> None:
+        """The index this writer changes: its info and its table (None while it has no rows)."""
+        self.info, self.table = info, table
+
+    def close(self) -> None:
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -188,49 +414,80 @@ class IndexWriter:
         self._tensors.append(tensors)
 
     def flush(self) -> None:
-        """Writes the buffered entries as a new shard and commits the manifest with the files
-        they belong to (every buffered file must be complete)."""
-        if self._entries:
-            name = self._next_shard_name()
-            _write_shard(self.index_dir, name, {key: torch.cat([batch[key] for batch in self._tensors])
-                                                for key in self._tensors[0]})
-            self.manifest["shards"].append({"file": name, "entries": self._entries})
-            self._entries, self._tensors = [], []
-        self.manifest["files"].update(self.pending_files)
-        self.pending_files = {}
-        self.commit()
-
-    def drop_entries_of(self, files: set[str]) -> None:
-        """Removes every entry of `files` and their records: shards that keep some entries are
-        rewritten (copied, not re-encoded) under a new name, emptied ones are dropped."""
-        if not files:
+        """Commits the buffered rows (every buffered file must be complete) with their files'
+        state."""
+        if not self._entries:
             return
-        kept_shards = []
-        for shard in self.manifest["shards"]:
-            keep = [row for row, entry in enumerate(shard["entries"]) if entry["file"] not in files]
-            if len(keep) == len(shard["entries"]):
-                kept_shards.append(shard)
-            elif keep:
-                stored = load_file(str(self.index_dir / shard["file"]))
-                name = self._next_shard_name()
-                _write_shard(self.index_dir, name, {key: tensor[keep] for key, tensor in stored.items()})
-                kept_shards.append({"file": name, "entries": [shard["entries"][row] for row in keep]})
-        self.manifest["shards"] = kept_shards
-        for file in files:
-            self.manifest["files"].pop(file, None)
-        self.commit()
+        tensors = {key: torch.cat([batch[key] for batch in self._tensors]) for key in self._tensors[0]}
+        finite = torch.stack([tensor.flatten(1).float().isfinite().all(dim=1) for tensor in tensors.values()]).all(dim=0)
+        if not finite.all():
+            names = [self._entries[row]["file"] for row in (~finite).nonzero().flatten().tolist()]
+            raise ValueError(f"the model's outputs for {', '.join(names[:5])} hold NaN or infinite values: not indexed")
+        rows = self._arrow(self._entries, tensors)
+        self._entries, self._tensors = [], []
+        if self.table is None:
+            # Leftovers of a run killed before its first commit reached index.json are replaced.
+            self.table = self.db.create_table(TABLE_NAME, rows, mode="overwrite")
+            self.commit_info()
+        else:
+            self.table.add(rows)
+        self.pending_files = {}
 
-    def _next_shard_name(self) -> str:
-        # Never a name in use: a rewritten shard replaces the old one only when the manifest does.
-        name = _shard_name(self.manifest["next_shard"])
-        self.manifest["next_shard"] += 1
-        return name
+    def _arrow(self, entries: list[dict], tensors: dict[str, torch.Tensor]) -> pa.Table:
+        shapes = {key: int(np.prod(tensor.shape[1:])) for key, tensor in tensors.items()}
+        if self.info["shapes"] is None:
+            self.info["shapes"] = shapes
+        elif self.info["shapes"] != shapes:
+            raise ValueError(f"rows of shapes {shapes} for an index of shapes {self.info['shapes']}")
+        torch_dtype, arrow_dtype = STORAGE_DTYPES[self.info["storage_dtype"]]
+        schema = _schema(shapes, arrow_dtype)
+        columns = {
+            "file": [entry["file"] for entry in entries],
+            **{key: [self.pending_files[entry["file"]][key] for entry in entries] for key in FILE_COLUMNS},
+            "start": [entry["start"] for entry in entries],
+            "end": [entry["end"] for entry in entries],
+            "timestamps": [entry["timestamps"] for entry in entries],
+        }
+        arrays = [pa.array(columns[field.name], field.type) for field in schema if field.name in columns]
+        for field in schema:
+            if field.name in tensors:
+                dtype = torch.uint8 if field.name == "video_mask" else (
+                    torch.float32 if field.type.value_type == pa.float32() else torch_dtype)
+                flat = tensors[field.name].to(dtype).reshape(-1).numpy()
+                arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size))
+        rows = pa.Table.from_arrays(arrays, schema=schema.remove(schema.get_field_index("checksum")))
+        return rows.append_column(schema.field("checksum"), pa.array(row_checksums(rows), pa.binary(16)))
 
-    def commit(self) -> None:
-        _write_json_atomically(self.index_dir / MANIFEST_NAME, self.manifest)
+    def drop_files(self, files) -> None:
+        """Removes every row of `files` (one commit)."""
+        files = sorted(files)
+        if files and self.table is not None:
+            quoted = ", ".join("'" + file.replace("'", "''") + "'" for file in files)
+            self.table.delete(f"file IN ({quoted})")
 
-    def remove_unreferenced_shards(self) -> None:
-        referenced = {shard["file"] for shard in self.manifest["shards"]}
-        for path in self.index_dir.glob(f"{SHARD_PREFIX}*{SHARD_SUFFIX}*"):
-            if path.name not in referenced:
-                path.unlink()
+    def update_file_states(self, states: dict[str, dict]) -> None:
+        """Records new sizes / modification times of files whose contents did not change."""
+        for file, state in states.items():
+            quoted = "'" + file.replace("'", "''") + "'"
+            self.table.update(where=f"file = {quoted}",
+                              values={"size": state["size"], "mtime_ns": state["mtime_ns"]})
+
+    def commit_info(self) -> None:
+        _write_info(self.index_dir, self.info)
+
+    def maintain_ann_index(self, min_rows: int, num_sub_vectors: int | None = None) -> None:
+        """Builds the first stage's IVF_PQ index once the table has `min_rows` rows, and folds new
+        rows into it (with the compaction of small commits) afterwards."""
+        if self.table is None:
+            return
+        count = self.table.count_rows()
+        has_index = bool(self.table.to_lance().describe_indices())
+        if not has_index and count >= min_rows:
+            dim = self.info["shapes"]["pooled"]
+            self.table.create_index(
+                metric="dot", vector_column_name="pooled", index_type="IVF_PQ",
+                num_partitions=max(1, int(round(count ** 0.5))),
+                num_sub_vectors=num_sub_vectors or max(1, dim // 8),
+            )
+        elif has_index:
+            self.table.optimize()

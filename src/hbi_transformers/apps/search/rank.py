@@ -1,11 +1,12 @@
 """Searching an index: the full HBI score of every entry (or, in two stages, of the best entries by
-pooled embeddings) for each query, one shard at a time with a running top-k, and each hit's
+pooled embeddings) for each query, in batches with a running top-k, and each hit's
 best-matching moment."""
 
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import pyarrow as pa
 import torch
 from tqdm.auto import tqdm
 
@@ -17,6 +18,8 @@ from .index import VideoIndex
 from .results import SearchHit
 
 DEFAULT_CHUNK_SIZE = 1024
+# IVF partitions probed, and PQ candidates re-ranked on the exact pooled vectors per candidate kept.
+DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR = 20, 4
 
 
 class _RunningTopK:
@@ -29,7 +32,11 @@ class _RunningTopK:
         self.extra = torch.empty(num_queries, 0, num_extra, device=device)
 
     def update(self, scores: torch.Tensor, ids: torch.Tensor, extra: torch.Tensor | None = None) -> None:
-        scores = torch.cat([self.scores, scores.float()], dim=1)
+        # NaN (a damaged or degenerate entry) ranks after every real score, before -inf (not a
+        # candidate of this query).
+        scores = scores.float()
+        scores = torch.where(scores.isnan(), torch.finfo(torch.float32).min, scores)
+        scores = torch.cat([self.scores, scores], dim=1)
         ids = torch.cat([self.ids, ids.expand(scores.shape[0], -1) if ids.dim() == 1 else ids], dim=1)
         if extra is None:
             extra = scores.new_empty(scores.shape[0], scores.shape[1] - self.scores.shape[1], self.extra.shape[2])
@@ -48,6 +55,8 @@ def search(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     candidates: int | None = None,
     progress: bool = False,
+    nprobes: int = DEFAULT_NPROBES,
+    refine_factor: int = DEFAULT_REFINE_FACTOR,
 ) -> list[list[SearchHit]]:
     """Ranks the entries of an index for each query with the full HBI score.
 
@@ -61,8 +70,11 @@ def search(
         chunk_size: texts x videos per block of the word-frame interaction (bounds its memory).
         candidates: two-stage search: score with HBI only the `candidates` best entries of each
             query by pooled embeddings (see `pooled_embeddings`); None scores every entry.
-            A pool covering the index gives exactly the exhaustive ranking.
-        progress: show a progress bar over the shards.
+            The pool comes from the engine's vector search: its IVF_PQ index when the index
+            has one (`nprobes` partitions probed, `refine_factor` x `candidates` approximate
+            neighbours re-ranked on the exact vectors), else an exact scan; with an exact scan a
+            pool covering the index gives exactly the exhaustive ranking.
+        progress: show a progress bar over the batches of an exhaustive search.
 
     Returns:
         For each query, its hits, best first (fewer than `top_k` when the index is smaller). Each
@@ -79,7 +91,7 @@ def search(
             text_outputs = model.get_text_features(
                 tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device)
             )
-        return _rank(index, text_outputs, model, top_k, chunk_size, candidates, progress)
+        return _rank(index, text_outputs, model, top_k, chunk_size, candidates, nprobes, refine_factor, progress)
     finally:
         model.train(was_training)
 
@@ -92,16 +104,19 @@ def search_by_text_features(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     candidates: int | None = None,
     progress: bool = False,
+    nprobes: int = DEFAULT_NPROBES,
+    refine_factor: int = DEFAULT_REFINE_FACTOR,
 ) -> list[list[SearchHit]]:
     """`search` for queries already encoded with `model.get_text_features` (model in eval mode)."""
     if not isinstance(index, VideoIndex):
         index = VideoIndex.open(index)
     index.check_model(model)
-    return _rank(index, text_outputs, model, top_k, chunk_size, candidates, progress)
+    return _rank(index, text_outputs, model, top_k, chunk_size, candidates, nprobes, refine_factor, progress)
 
 
 @torch.no_grad()
-def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_size, candidates, progress):
+def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_size, candidates, nprobes, refine_factor,
+          progress):
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if candidates is not None and candidates < top_k:
@@ -113,41 +128,52 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
     # caption has at least 3 (start, a word, end).
     with fixed_merge_noise(device):
         text_levels = model.text_levels(text_outputs.text_embeds, text_outputs.attention_mask)
-    pools = None if candidates is None else _first_stage_pools(index, text_levels[0], candidates)
-
     best = _RunningTopK(num_queries, top_k, len(LEVEL_NAMES), device)
-    for shard in tqdm(range(len(index.shards)), desc="scoring shards", disable=not progress):
-        rows, in_pool = (None, None) if pools is None else pools[shard]
-        if rows is not None and len(rows) == 0:
-            continue
-        video_levels = index.load_levels(shard, rows, device=device, dtype=dtype)
+
+    def score(rows, first_id, in_pool=None):
+        video_levels = index.levels(rows, device=device, dtype=dtype)
         similarity = model.similarity_from_levels(text_levels, video_levels, chunk_size)
         scores = similarity.logits_per_text
         if in_pool is not None:
             scores = scores.masked_fill(~in_pool, float("-inf"))
-        shard_rows = torch.arange(scores.shape[1], device=device) if rows is None else rows.to(device)
-        best.update(scores, index.offsets[shard] + shard_rows, torch.stack(similarity.level_logits_per_text, dim=-1))
-    return _hits(index, text_levels[0], best)
+        ids = first_id + torch.arange(scores.shape[1], device=device)
+        best.update(scores, ids, torch.stack(similarity.level_logits_per_text, dim=-1))
+
+    if candidates is None:
+        position = 0
+        for rows in tqdm(index.scan(chunk_size), desc="scoring entries", disable=not progress):
+            score(rows, position)
+            position += rows.num_rows
+
+        def hit_rows(ids):
+            return index.take(ids)
+    else:
+        pool, in_pool = _first_stage_pool(index, text_levels[0], candidates, nprobes, refine_factor)
+        if pool.num_rows:
+            score(pool, 0, in_pool.to(device))
+
+        def hit_rows(ids):
+            return pool.take(pa.array(ids, pa.int64()))
+    return _hits(index, text_levels[0], best, hit_rows)
 
 
-def _first_stage_pools(index: VideoIndex, text_entity: LevelTokens, candidates: int):
-    """For each shard, the sorted rows some query keeps in its pool of `candidates` best entries by
-    pooled embeddings, and `[queries, rows]` flags of whose pool each row is in."""
-    device = text_entity.tokens.device
-    query_vectors = pooled_embeddings(text_entity).float()
-    best = _RunningTopK(query_vectors.shape[0], candidates, 0, device)
-    for shard in range(len(index.shards)):
-        pooled = index.load_pooled(shard, device=device)
-        best.update(query_vectors @ pooled.T, index.offsets[shard] + torch.arange(pooled.shape[0], device=device))
-    # One flag per (query, entry): a few bytes per entry and query, however large the pools.
-    membership = torch.zeros(query_vectors.shape[0], len(index), dtype=torch.bool, device=device)
-    membership.scatter_(1, best.ids, True)
-    pools = []
-    for shard in range(len(index.shards)):
-        shard_membership = membership[:, index.offsets[shard] : index.offsets[shard + 1]]
-        rows = shard_membership.any(dim=0).nonzero().flatten()
-        pools.append((rows.cpu(), shard_membership[:, rows]))
-    return pools
+def _first_stage_pool(index: VideoIndex, text_entity: LevelTokens, candidates: int, nprobes: int, refine_factor: int):
+    """The rows some query keeps among its `candidates` best by pooled embeddings (through the
+    engine's vector search), and `[queries, rows]` flags of whose pool each row is in."""
+    query_vectors = pooled_embeddings(text_entity).float().cpu().numpy()
+    pools = [index.nearest(vector, candidates, nprobes, refine_factor) for vector in query_vectors]
+    position_of, pieces, members = {}, [], []
+    for query, rows in enumerate(pools):
+        row_ids = rows.column("_rowid").to_pylist()
+        fresh = [row for row, row_id in enumerate(row_ids) if row_id not in position_of]
+        for row in fresh:
+            position_of[row_ids[row]] = len(position_of)
+        pieces.append(rows.take(pa.array(fresh, pa.int64())).drop_columns(["_rowid", "_distance"]))
+        members.append([position_of[row_id] for row_id in row_ids])
+    in_pool = torch.zeros(len(pools), len(position_of), dtype=torch.bool)
+    for query, positions in enumerate(members):
+        in_pool[query, positions] = True
+    return pa.concat_tables(pieces), in_pool
 
 
 def best_matching_frames(text: LevelTokens, video: LevelTokens) -> torch.Tensor:
@@ -168,23 +194,29 @@ def best_matching_frames(text: LevelTokens, video: LevelTokens) -> torch.Tensor:
     return (text_to_video + video_to_text) / 2
 
 
-def _hits(index: VideoIndex, text_entity: LevelTokens, best: _RunningTopK) -> list[list[SearchHit]]:
+def _hits(index: VideoIndex, text_entity: LevelTokens, best: _RunningTopK, hit_rows) -> list[list[SearchHit]]:
     # Scores are sorted, and -inf only where a query's pool held fewer entries than top_k.
-    num_found = torch.isfinite(best.scores).sum(dim=1).tolist()
+    num_found = (best.scores > float("-inf")).sum(dim=1).tolist()
     ranked = [best.ids[query, :count].tolist() for query, count in enumerate(num_found)]
-    pairs = [(query, entry_id) for query, entry_ids in enumerate(ranked) for entry_id in entry_ids]
-    window_of = _best_windows(index, text_entity, pairs)
-    file_root = index.manifest["video_dir"]
+    ids = sorted({entry_id for entry_ids in ranked for entry_id in entry_ids})
+    rows = hit_rows(ids)
+    row_of = {entry_id: row for row, entry_id in enumerate(ids)}
+    entries = rows.select(["file", "start", "end", "timestamps", "duration"]).to_pylist()
+    pairs = [(query, row_of[entry_id]) for query, entry_ids in enumerate(ranked) for entry_id in entry_ids]
+    frame_of = _best_frames(index, text_entity, rows, pairs)
+    file_root = index.video_dir
+    lowest = torch.finfo(torch.float32).min
     results = []
     for query, entry_ids in enumerate(ranked):
         hits = []
         for position, entry_id in enumerate(entry_ids):
-            entry = index.entry(entry_id)
-            window = window_of[(query, entry_id)]
+            entry = entries[row_of[entry_id]]
+            window = _window_around(entry, frame_of[(query, row_of[entry_id])])
+            value = float(best.scores[query, position])
             hits.append(
                 SearchHit(
                     rank=position + 1,
-                    score=float(best.scores[query, position]),
+                    score=float("nan") if value == lowest else value,
                     file=entry["file"],
                     path=entry["file"] if file_root is None else str(Path(file_root, entry["file"])),
                     segment_start=entry["start"],
@@ -199,33 +231,25 @@ def _hits(index: VideoIndex, text_entity: LevelTokens, best: _RunningTopK) -> li
     return results
 
 
-def _best_windows(index: VideoIndex, text_entity: LevelTokens, pairs) -> dict:
-    """(start, end, best frame time) of each (query, entry id) pair's best-matching moment."""
-    windows = {}
+def _best_frames(index: VideoIndex, text_entity: LevelTokens, rows, pairs) -> dict:
+    """The best-matching frame of each (query, row) pair."""
+    if not pairs:
+        return {}
     device = text_entity.tokens.device
-    by_shard: dict[int, list[tuple[int, int, int]]] = {}
-    for query, entry_id in pairs:
-        shard, row = index.locate(entry_id)
-        by_shard.setdefault(shard, []).append((query, entry_id, row))
-    for shard, shard_pairs in by_shard.items():
-        rows = torch.tensor(sorted({row for _, _, row in shard_pairs}))
-        video_entity = index.load_levels(shard, rows, device=device, dtype=text_entity.tokens.dtype, num_levels=1)[0]
-        position_of_row = {row: position for position, row in enumerate(rows.tolist())}
-        queries = torch.tensor([query for query, _, _ in shard_pairs], device=device)
-        positions = torch.tensor([position_of_row[row] for _, _, row in shard_pairs], device=device)
-        shares = best_matching_frames(text_entity[queries], video_entity[positions])
-        shares = shares.masked_fill(video_entity.mask[positions] == 0, float("-inf"))
-        for (query, entry_id, _), frame in zip(shard_pairs, shares.argmax(dim=1).tolist()):
-            windows[(query, entry_id)] = _window_around(index.entry(entry_id), index, frame)
-    return windows
+    video_entity = index.levels(rows, device=device, dtype=text_entity.tokens.dtype, num_levels=1)[0]
+    queries = torch.tensor([query for query, _ in pairs], device=device)
+    positions = torch.tensor([row for _, row in pairs], device=device)
+    shares = best_matching_frames(text_entity[queries], video_entity[positions])
+    shares = shares.masked_fill(video_entity.mask[positions] == 0, float("-inf"))
+    return dict(zip(pairs, shares.nan_to_num(nan=float("-inf")).argmax(dim=1).tolist()))
 
 
-def _window_around(entry: dict, index: VideoIndex, frame: int) -> tuple[float | None, float | None, float | None]:
+def _window_around(entry: dict, frame: int) -> tuple[float | None, float | None, float | None]:
     times = entry["timestamps"]
     if not times:
         return None, None, None
     start = entry["start"] if entry["start"] is not None else 0.0
-    end = entry["end"] if entry["end"] is not None else index.manifest["files"][entry["file"]]["duration"]
+    end = entry["end"] if entry["end"] is not None else entry["duration"]
     window_start = start if frame == 0 else (times[frame - 1] + times[frame]) / 2
     window_end = end if frame == len(times) - 1 else (times[frame] + times[frame + 1]) / 2
     return window_start, window_end, times[frame]
