@@ -66,3 +66,9 @@ def test_demo_settings_are_in_the_demo_help(capsys):
     text = help_text(importlib.import_module("hbi_transformers.cli.demo"), capsys)
     for option in ("--num_clips", "--hidden_size", "--train_epochs", "--estimator_samples", "--output_dir"):
         assert option in text
+
+
+@pytest.mark.parametrize("module_name", ["hbi_transformers.cli.evaluate", "hbi_transformers.cli.index",
+                                         "hbi_transformers.cli.search", "hbi_transformers.cli.demo"])
+def test_commands_that_compute_choose_their_threads_from_the_cores(module_name, capsys):
+    assert "--torch_threads" in help_text(importlib.import_module(module_name), capsys)

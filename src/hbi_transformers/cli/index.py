@@ -6,6 +6,7 @@ from transformers import HfArgumentParser
 
 from ..apps.search import IndexReport, build_index
 from ..apps.search.index import DEFAULT_ANN_MIN_ROWS, DEFAULT_BATCH_ROWS
+from .arguments import ParallelismArguments, configure_parallelism
 from .loading import load_model_and_processor
 
 DESCRIPTION = (
@@ -48,9 +49,10 @@ class IndexArguments:
 
 def run(argv: list[str] | None = None) -> IndexReport:
     """Runs the command; returns what `build_index` did."""
-    parser = HfArgumentParser(IndexArguments, prog="hbi-index", description=DESCRIPTION)
+    parser = HfArgumentParser((IndexArguments, ParallelismArguments), prog="hbi-index", description=DESCRIPTION)
     parser.add_argument("video_dir", help="Folder of videos, searched recursively.")
-    args, positional = parser.parse_args_into_dataclasses(args=argv)
+    args, parallelism_args, positional = parser.parse_args_into_dataclasses(args=argv)
+    configure_parallelism(parallelism_args, argv)
     model, processor = load_model_and_processor(args.model, args.tokenizer, args.device)
     report = build_index(
         positional.video_dir, model, processor, args.output, batch_size=args.batch_size,

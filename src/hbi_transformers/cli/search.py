@@ -8,6 +8,7 @@ from transformers import HfArgumentParser
 
 from ..apps.search import SearchHit, VideoIndex, format_search_results, search, search_results_to_json
 from ..apps.search.rank import DEFAULT_CHUNK_SIZE, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR
+from .arguments import ParallelismArguments, configure_parallelism
 from .loading import load_model_and_processor
 
 DESCRIPTION = (
@@ -48,10 +49,11 @@ class SearchArguments:
 
 def run(argv: list[str] | None = None) -> list[list[SearchHit]]:
     """Runs the command; returns each query's hits, best first."""
-    parser = HfArgumentParser(SearchArguments, prog="hbi-search", description=DESCRIPTION)
+    parser = HfArgumentParser((SearchArguments, ParallelismArguments), prog="hbi-search", description=DESCRIPTION)
     parser.add_argument("index", help="Index folder written by hbi-index.")
     parser.add_argument("queries", nargs="+", help="One or more captions.")
-    args, positional = parser.parse_args_into_dataclasses(args=argv)
+    args, parallelism_args, positional = parser.parse_args_into_dataclasses(args=argv)
+    configure_parallelism(parallelism_args, argv)
     index = VideoIndex.open(positional.index)
     model_name = args.model or index.model_name_or_path
     if not model_name:
