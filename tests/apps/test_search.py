@@ -267,6 +267,19 @@ def test_an_index_of_another_model_or_other_settings_is_refused(model, processor
         build_index(video_folder, model, processor, tmp_path / "index", segment_seconds=10, progress=False)
 
 
+def test_a_model_changed_in_place_after_a_search_is_refused(processor, video_folder, tmp_path):
+    changing = make_model(processor)
+    build_index(video_folder, changing, processor, tmp_path / "index", progress=False)
+    index = VideoIndex.open(tmp_path / "index")
+    index.check_model(changing)
+    index.check_model(changing)  # checked once, remembered
+    with torch.no_grad():
+        # A weight the fingerprint samples (its first value).
+        next(changing.parameters()).view(-1)[0].add_(1.0)
+    with pytest.raises(IndexModelMismatchError, match="another model"):
+        index.check_model(changing)
+
+
 def test_segments_are_fixed_windows_that_hits_point_into(model, processor, tmp_path):
     folder = tmp_path / "videos"
     write_clip(folder / "long.mp4", seed=1, num_frames=50, fps=2)  # 25 s

@@ -2,6 +2,7 @@
 before it is trusted, and `IndexWriter`, the one process that may change it at a time."""
 
 import fcntl
+import itertools
 import hashlib
 import json
 import os
@@ -240,8 +241,14 @@ class VideoIndex:
         return self.info["video_dir"]
 
     def check_model(self, model) -> None:
-        """Raises `IndexModelMismatchError` unless `model` is the model that built the index."""
+        """Raises `IndexModelMismatchError` unless `model` is the model that built the index. A
+        model already checked whose tensors have not been replaced or written to since is not
+        fingerprinted again (the fingerprint costs more than a small query)."""
+        state = _tensor_state(model)
+        if getattr(self, "_checked_model_state", None) == state:
+            return
         check_same_model(self.info["model"], model_identity(model), self.index_dir)
+        self._checked_model_state = state
 
     def has_ann_index(self) -> bool:
         return self.dataset is not None and bool(self.dataset.describe_indices())
@@ -491,3 +498,10 @@ class IndexWriter:
             )
         elif has_index:
             self.table.optimize()
+
+
+def _tensor_state(model) -> tuple:
+    """The model object and, for each parameter and buffer, its storage and torch's version
+    counter, which every in-place write (an optimiser step, `load_state_dict`) advances."""
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    return (id(model), tuple((tensor.data_ptr(), tensor._version) for tensor in tensors))
