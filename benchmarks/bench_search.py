@@ -80,7 +80,7 @@ def synthetic_features(size: int, num_queries: int, structure: str, seed: int = 
 
 def build(folder: Path, model, blocks, size: int, batch_rows: int, ann_min_rows: int):
     """The index of all blocks: written block by block through one writer."""
-    from hbi_transformers.apps.search.index import IndexWriter, entry_tensors, new_info
+    from hbi_transformers.apps.search.writing import IndexWriter, entry_tensors, new_info
     from hbi_transformers.training.model_identity import model_identity
 
     with IndexWriter(folder) as writer:

@@ -406,7 +406,7 @@ def test_a_writer_killed_mid_write_leaves_the_last_commit(tmp_path):
     assert 0 < count < 1000 and count % 10 == 0
     assert sum(batch.num_rows for batch in index.scan(64)) == count  # every row whole and checked
     # The dead writer's lock is gone with it.
-    from hbi_transformers.apps.search.index import IndexWriter
+    from hbi_transformers.apps.search.writing import IndexWriter
 
     IndexWriter(index_dir).close()
 

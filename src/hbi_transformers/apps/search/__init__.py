@@ -25,7 +25,8 @@ An entry is a whole video, or with `segment_seconds` one fixed window of it, so 
 points at a moment (`build`). Videos are decoded and encoded through the project's corpus
 encoder, `hbi_transformers.training.evaluation.encode_clips`. Re-running `build_index` on the
 same folder encodes only new and changed files and deletes the rows of deleted and changed ones.
-Every commit (a batch of whole files, or a deletion) is one atomic version of the table, so a
+The index is read by `index.VideoIndex` and changed by `writing.IndexWriter`. Every commit (a
+batch of whole files, or a deletion) is one atomic version of the table, so a
 reader, or the next run after a crash, sees the last commit whole; a second writer is refused
 (`IndexBusyError`). Opening an index checks that every file it refers to is inside the folder,
 present and of its recorded size, and every row read is checked against its checksum; what fails

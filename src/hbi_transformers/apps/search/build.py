@@ -23,13 +23,11 @@ from .index import (
     DEFAULT_BATCH_ROWS,
     INFO_NAME,
     OLD_MANIFEST_NAME,
-    IndexWriter,
     VideoIndex,
-    entry_tensors,
-    new_info,
     remove_index,
 )
 from .results import IndexReport
+from .writing import IndexWriter, entry_tensors, new_info
 
 # Video processor settings an index is built with; an update must use the same.
 VIDEO_SETTING_KEYS = (

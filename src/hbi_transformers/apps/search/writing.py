@@ -1,0 +1,194 @@
+"""Writing an index: the rows a model's video outputs become (`entry_tensors`), the info a new
+index records (`new_info`), and `IndexWriter`, the one process that may change an index at a
+time."""
+
+import fcntl
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ...models.hbi.configuration_hbi import LEVEL_NAMES
+from .identity import fixed_merge_noise, pooled_embeddings
+from .index import (
+    FILE_COLUMNS,
+    INDEX_FORMAT,
+    INDEX_VERSION,
+    LOCK_NAME,
+    STORAGE_DTYPES,
+    TABLE_NAME,
+    IndexBusyError,
+    _connect,
+    _schema,
+    _write_info,
+    row_checksums,
+)
+
+
+@torch.no_grad()
+def entry_tensors(model, video_embeds: torch.Tensor, video_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """What a row stores of a batch of encoded videos (see the package docstring), on the CPU."""
+    with fixed_merge_noise(video_embeds.device):
+        levels = model.video_levels(video_embeds, video_mask)
+    tensors = {
+        "video_embeds": video_embeds,
+        "video_mask": video_mask.to(torch.uint8),
+        "pooled": pooled_embeddings(levels[0]),
+    }
+    for name, level in zip(LEVEL_NAMES, levels):
+        tensors[f"{name}_weights"] = level.weights
+    for name, level in zip(LEVEL_NAMES[1:], levels[1:]):
+        tensors[f"{name}_tokens"] = level.tokens
+    return {key: tensor.cpu() if key == "video_mask" else tensor.float().cpu() for key, tensor in tensors.items()}
+
+
+def new_info(identity: dict, video_settings: dict | None, segment_seconds: int | None, storage_dtype: str) -> dict:
+    if storage_dtype not in STORAGE_DTYPES:
+        raise ValueError(f"storage_dtype must be one of {', '.join(STORAGE_DTYPES)}, got {storage_dtype!r}")
+    return {
+        "format": INDEX_FORMAT,
+        "version": INDEX_VERSION,
+        "video_dir": None,
+        "model": identity,
+        "tokenizer": None,
+        "video_processing": video_settings,
+        "segment_seconds": segment_seconds,
+        "storage_dtype": storage_dtype,
+        "shapes": None,  # known from the first rows
+        "bad_files": {},
+    }
+
+
+class IndexWriter:
+    """The one process changing an index: holds the folder's write lock (a second writer is
+    refused, `IndexBusyError`) until `close`, buffers rows and commits them a batch at a time.
+
+    Every commit is one atomic version of the table (the engine writes new files, then the
+    manifest that names them), so a reader, or the next writer after a crash, sees the last commit
+    whole. A batch only ever holds whole files."""
+
+    def __init__(self, index_dir: Path):
+        index_dir.mkdir(parents=True, exist_ok=True)
+        self.index_dir = index_dir
+        self._lock = open(index_dir / LOCK_NAME, "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "unknown"
+            self._lock.close()
+            raise IndexBusyError(
+                f"another process (pid {holder}) is writing to the index at {index_dir}: wait for it to finish "
+                "and run again (nothing was changed)"
+            ) from None
+        self._lock.truncate(0)
+        self._lock.write(str(os.getpid()))
+        self._lock.flush()
+        self.db = _connect(index_dir)
+        self.info: dict | None = None
+        self.table = None
+        self.pending_files: dict[str, dict] = {}
+        self._entries: list[dict] = []
+        self._tensors: list[dict[str, torch.Tensor]] = []
+
+    def attach(self, info: dict, table) -> None:
+        """The index this writer changes: its info and its table (None while it has no rows)."""
+        self.info, self.table = info, table
+
+    def close(self) -> None:
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def add(self, entries: list[dict], tensors: dict[str, torch.Tensor]) -> None:
+        self._entries.extend(entries)
+        self._tensors.append(tensors)
+
+    def flush(self) -> None:
+        """Commits the buffered rows (every buffered file must be complete) with their files'
+        state."""
+        if not self._entries:
+            return
+        tensors = {key: torch.cat([batch[key] for batch in self._tensors]) for key in self._tensors[0]}
+        finite = torch.stack([tensor.flatten(1).float().isfinite().all(dim=1) for tensor in tensors.values()]).all(dim=0)
+        if not finite.all():
+            names = [self._entries[row]["file"] for row in (~finite).nonzero().flatten().tolist()]
+            raise ValueError(f"the model's outputs for {', '.join(names[:5])} hold NaN or infinite values: not indexed")
+        rows = self._arrow(self._entries, tensors)
+        self._entries, self._tensors = [], []
+        if self.table is None:
+            # Leftovers of a run killed before its first commit reached index.json are replaced.
+            self.table = self.db.create_table(TABLE_NAME, rows, mode="overwrite")
+            self.commit_info()
+        else:
+            self.table.add(rows)
+        self.pending_files = {}
+
+    def _arrow(self, entries: list[dict], tensors: dict[str, torch.Tensor]) -> pa.Table:
+        shapes = {key: int(np.prod(tensor.shape[1:])) for key, tensor in tensors.items()}
+        if self.info["shapes"] is None:
+            self.info["shapes"] = shapes
+        elif self.info["shapes"] != shapes:
+            raise ValueError(f"rows of shapes {shapes} for an index of shapes {self.info['shapes']}")
+        torch_dtype, arrow_dtype = STORAGE_DTYPES[self.info["storage_dtype"]]
+        schema = _schema(shapes, arrow_dtype)
+        columns = {
+            "file": [entry["file"] for entry in entries],
+            **{key: [self.pending_files[entry["file"]][key] for entry in entries] for key in FILE_COLUMNS},
+            "start": [entry["start"] for entry in entries],
+            "end": [entry["end"] for entry in entries],
+            "timestamps": [entry["timestamps"] for entry in entries],
+        }
+        arrays = [pa.array(columns[field.name], field.type) for field in schema if field.name in columns]
+        for field in schema:
+            if field.name in tensors:
+                dtype = torch.uint8 if field.name == "video_mask" else (
+                    torch.float32 if field.type.value_type == pa.float32() else torch_dtype)
+                flat = tensors[field.name].to(dtype).reshape(-1).numpy()
+                arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size))
+        rows = pa.Table.from_arrays(arrays, schema=schema.remove(schema.get_field_index("checksum")))
+        return rows.append_column(schema.field("checksum"), pa.array(row_checksums(rows), pa.binary(16)))
+
+    def drop_files(self, files) -> None:
+        """Removes every row of `files` (one commit)."""
+        files = sorted(files)
+        if files and self.table is not None:
+            quoted = ", ".join("'" + file.replace("'", "''") + "'" for file in files)
+            self.table.delete(f"file IN ({quoted})")
+
+    def update_file_states(self, states: dict[str, dict]) -> None:
+        """Records new sizes / modification times of files whose contents did not change."""
+        for file, state in states.items():
+            quoted = "'" + file.replace("'", "''") + "'"
+            self.table.update(where=f"file = {quoted}",
+                              values={"size": state["size"], "mtime_ns": state["mtime_ns"]})
+
+    def commit_info(self) -> None:
+        _write_info(self.index_dir, self.info)
+
+    def maintain_ann_index(self, min_rows: int, num_sub_vectors: int | None = None) -> None:
+        """Builds the first stage's IVF_PQ index once the table has `min_rows` rows, and folds new
+        rows into it (with the compaction of small commits) afterwards."""
+        if self.table is None:
+            return
+        count = self.table.count_rows()
+        has_index = bool(self.table.to_lance().describe_indices())
+        if not has_index and count >= min_rows:
+            dim = self.info["shapes"]["pooled"]
+            self.table.create_index(
+                metric="dot", vector_column_name="pooled", index_type="IVF_PQ",
+                num_partitions=max(1, int(round(count ** 0.5))),
+                num_sub_vectors=num_sub_vectors or max(1, dim // 8),
+            )
+        elif has_index:
+            self.table.optimize()
