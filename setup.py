@@ -34,6 +34,8 @@ setup(
         "accelerate>=1.0",
         # The search index: LanceDB tables (the Lance format, read through pylance).
         "lancedb==0.40.0",
+        # Row checksums of the index, checked on every read (also a dependency of datasets).
+        "xxhash>=3.0",
         "pylance==9.0.0",
     ],
     extras_require={

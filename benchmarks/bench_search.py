@@ -4,6 +4,7 @@ two-stage search against exhaustive HBI scoring of the whole index, build rate a
     python benchmarks/bench_search.py                                   # 100k entries
     python benchmarks/bench_search.py --sizes 1000000 --pools 100 200
     python benchmarks/bench_search.py --sizes 20000 --features iid
+    python benchmarks/bench_search.py --sizes 1000000 --keep /data/bench   # build once, query again later
 
 Frame embeddings are generated straight into an index (`index_from_features`, no video is
 decoded, tokens stored as float16): D = 512, 12 frames (3 to 12 valid), with the scoring model
@@ -20,7 +21,9 @@ first stage.
 For each pool size, recall@k is the share of the exhaustive top-k that the two-stage search
 returns (over `--queries` queries scored together), top-1 the share of queries whose best hit is
 the same. Latency is one query at a time (`--repeats` of them, configurations interleaved), as
-p50 and p95; run with `taskset -c 0,1` for 2 cores.
+p50 and p95; run with `taskset -c 0,1` for 2 cores. `--efs` sweeps the first stage's graph
+search list (`search(..., ef=)`); `--keep DIR` builds each size's index in DIR and reuses it when
+it is already there, whole.
 """
 
 import argparse
@@ -37,6 +40,8 @@ from bench_eval import build_model  # the scoring model of the evaluation benchm
 
 from hbi_transformers.models.hbi.modeling_hbi import HBITextOutput, HBIVideoOutput
 from hbi_transformers.apps.search import VideoIndex, search_by_text_features
+from hbi_transformers.apps.search.index import remove_index
+from hbi_transformers.apps.search.rank import DEFAULT_EF
 
 DIM, FRAMES, WORDS = 512, 12, 24
 VIDEOS_PER_TOPIC = 10
@@ -119,19 +124,35 @@ def query(texts: HBITextOutput, index: int) -> HBITextOutput:
     return HBITextOutput(text_embeds=texts.text_embeds[index : index + 1], attention_mask=texts.attention_mask[index : index + 1])
 
 
-def latencies_ms(index, texts, model, top_k, chunk_size, pools, repeats) -> dict:
-    """p50 and p95 single-query times of each pool (None: exhaustive), configurations interleaved."""
-    times = {pool: [] for pool in pools}
+def latencies_ms(index, texts, model, top_k, chunk_size, configurations, repeats) -> dict:
+    """p50 and p95 single-query times of each (pool, ef) (pool None: exhaustive), configurations
+    interleaved."""
+    times = {configuration: [] for configuration in configurations}
     for repeat in range(repeats):
         one_query = query(texts, repeat % texts.text_embeds.shape[0])
-        for pool in pools:
+        for pool, ef in configurations:
             if pool is None and repeat >= 3:
                 continue  # seconds each: three are enough to show the gap
             start = time.perf_counter()
-            search_by_text_features(index, one_query, model, top_k, chunk_size, pool)
-            times[pool].append(1000 * (time.perf_counter() - start))
-    return {pool: (statistics.median(values), statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0])
-            for pool, values in times.items()}
+            search_by_text_features(index, one_query, model, top_k, chunk_size, pool, ef=ef)
+            times[pool, ef].append(1000 * (time.perf_counter() - start))
+    return {configuration: (statistics.median(values),
+                            statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0])
+            for configuration, values in times.items()}
+
+
+def built_index(folder: Path, model, size: int, features: str, queries: int, batch_rows: int, ann_min_rows: int):
+    """The index of `size` synthetic entries in `folder` (reused when it is there, whole), the
+    queries, and the build's seconds (None when reused)."""
+    blocks, texts = synthetic_features(size, queries, features)
+    if (folder / "index.json").exists():
+        index = VideoIndex.open(folder)
+        if len(index) == size:
+            return index, texts, None
+        remove_index(folder)
+    start = time.perf_counter()
+    index = build(folder, model, blocks, size, batch_rows, ann_min_rows)
+    return index, texts, time.perf_counter() - start
 
 
 def main():
@@ -146,7 +167,9 @@ def main():
     parser.add_argument("--batch-rows", type=int, default=4096)
     parser.add_argument("--ann-min-rows", type=int, default=50000)
     parser.add_argument("--chunk-size", type=int, default=1024)
+    parser.add_argument("--efs", type=int, nargs="+", default=[DEFAULT_EF], help="graph search lists to compare")
     parser.add_argument("--folder", default=None, help="where to build (default: a temporary folder)")
+    parser.add_argument("--keep", default=None, help="build in (and reuse from) KEEP/index-SIZE-FEATURES")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
 
@@ -156,32 +179,30 @@ def main():
           f"{FRAMES} frames, float16 tokens, level weights {args.level_weights}, top-{args.top_k}, "
           f"{args.queries} queries for recall, latency over {args.repeats} single queries", flush=True)
     for size in args.sizes:
-        blocks, texts = synthetic_features(size, args.queries, args.features)
-        texts = HBITextOutput(text_embeds=texts.text_embeds.to(args.device),
-                              attention_mask=texts.attention_mask.to(args.device))
         with tempfile.TemporaryDirectory(dir=args.folder) as folder:
-            start = time.perf_counter()
-            index = build(Path(folder) / "index", model, blocks, size, args.batch_rows, args.ann_min_rows)
-            build_seconds = time.perf_counter() - start
-            print(f"{size} entries: built in {build_seconds:.0f} s ({size / build_seconds:.0f} entries/s), "
-                  f"{disk_bytes(Path(folder) / 'index') / 2**30:.2f} GiB on disk, ANN index: {index.has_ann_index()}",
-                  flush=True)
+            folder = Path(args.keep or folder) / f"index-{size}-{args.features}"
+            index, texts, build_seconds = built_index(folder, model, size, args.features, args.queries,
+                                                      args.batch_rows, args.ann_min_rows)
+            texts = HBITextOutput(text_embeds=texts.text_embeds.to(args.device),
+                                  attention_mask=texts.attention_mask.to(args.device))
+            built = "reused" if build_seconds is None else f"built in {build_seconds:.0f} s ({size / build_seconds:.0f} entries/s)"
+            print(f"{size} entries: {built}, {disk_bytes(folder) / 2**30:.2f} GiB on disk, "
+                  f"ANN index: {index.has_ann_index()}", flush=True)
             start = time.perf_counter()
             exhaustive = top_ids(search_by_text_features(index, texts, model, args.top_k, args.chunk_size))
             print(f"  exhaustive HBI scoring of {args.queries} queries: {time.perf_counter() - start:.0f} s", flush=True)
-            pools = [pool for pool in args.pools if pool <= size]
-            milliseconds = latencies_ms(index, texts, model, args.top_k, args.chunk_size, [None, *pools], args.repeats)
-            print(f"{'entries':>8}  {'search':<10}  {'pool':>6}  {'recall@' + str(args.top_k):>9}  {'top-1':>6}  "
-                  f"{'p50 ms':>8}  {'p95 ms':>8}")
-            p50, p95 = milliseconds[None]
-            print(f"{size:>8}  {'exhaustive':<10}  {'-':>6}  {100.0:>9.1f}  {100.0:>6.1f}  {p50:>8.0f}  {p95:>8.0f}")
-            for pool in pools:
-                two_stage = top_ids(search_by_text_features(index, texts, model, args.top_k, args.chunk_size, pool))
+            configurations = [(None, DEFAULT_EF)] + [(pool, ef) for pool in args.pools if pool <= size for ef in args.efs]
+            milliseconds = latencies_ms(index, texts, model, args.top_k, args.chunk_size, configurations, args.repeats)
+            print(f"{'entries':>8}  {'search':<10}  {'pool':>6}  {'ef':>5}  {'recall@' + str(args.top_k):>9}  "
+                  f"{'top-1':>6}  {'p50 ms':>8}  {'p95 ms':>8}")
+            p50, p95 = milliseconds[None, DEFAULT_EF]
+            print(f"{size:>8}  {'exhaustive':<10}  {'-':>6}  {'-':>5}  {100.0:>9.1f}  {100.0:>6.1f}  {p50:>8.0f}  {p95:>8.0f}")
+            for pool, ef in configurations[1:]:
+                two_stage = top_ids(search_by_text_features(index, texts, model, args.top_k, args.chunk_size, pool, ef=ef))
                 recall, top1 = agreement(exhaustive, two_stage, args.top_k)
-                p50, p95 = milliseconds[pool]
-                print(f"{size:>8}  {'two-stage':<10}  {pool:>6}  {recall:>9.1f}  {top1:>6.1f}  {p50:>8.1f}  {p95:>8.1f}",
-                      flush=True)
-
+                p50, p95 = milliseconds[pool, ef]
+                print(f"{size:>8}  {'two-stage':<10}  {pool:>6}  {ef:>5}  {recall:>9.1f}  {top1:>6.1f}  {p50:>8.1f}  "
+                      f"{p95:>8.1f}", flush=True)
 
 if __name__ == "__main__":
     main()

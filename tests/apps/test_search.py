@@ -476,3 +476,68 @@ def test_an_index_of_the_earlier_format_is_refused_with_the_command_that_rebuild
         build_index(video_folder, model, processor, index_dir, segment_seconds=10, progress=False)
     report = build_index(video_folder, model, processor, index_dir, segment_seconds=10, rebuild=True, progress=False)
     assert report.num_entries == 5 and not (index_dir / "shard-000000.safetensors").exists()
+
+
+def test_row_checksums_change_with_any_byte_of_their_row_only(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+
+    from hbi_transformers.apps.search.index import VECTOR_COLUMNS, row_checksums
+
+    index = index_from_features(tmp_path / "index", features_index_model(), synthetic_videos(6, seed=5),
+                                [f"video{i}" for i in range(6)])
+    table = index.dataset.to_table().drop_columns(["checksum"])
+    table = table.set_column(table.schema.get_field_index("start"), "start",
+                             pa.array([0.0, 1.5, None, 3.0, None, 0.5], pa.float64()))
+    table = table.set_column(table.schema.get_field_index("timestamps"), "timestamps",
+                             pa.array([[0.5, 1.0], [2.0], None, [], [1.0, 2.0, 3.0], [0.25]], pa.list_(pa.float64())))
+    digests = row_checksums(table)
+    assert len(set(digests)) == 6
+    # A slice (a batch of a scan) gives its rows' digests.
+    assert row_checksums(table.slice(2, 3)) == digests[2:5]
+
+    def changed(name, values):
+        if not isinstance(values, pa.Array):
+            values = pa.array(values, table.schema.field(name).type)
+        altered = table.set_column(table.schema.get_field_index(name), name, values)
+        return [row for row, (before, after) in enumerate(zip(digests, row_checksums(altered))) if before != after]
+
+    assert changed("file", ["video0", "video1", "video2", "videO3", "video4", "video5"]) == [3]
+    assert changed("start", [0.0, 1.5, 0.0, 3.0, None, 0.5]) == [2]  # missing is not zero
+    assert changed("end", [None, None, None, None, 7.0, None]) == [4]
+    assert changed("duration", [None, 2.0, None, None, None, None]) == [1]
+    assert changed("timestamps", [[0.5, 1.0], [2.0], [], [], [1.0, 2.0, 3.0], [0.25]]) == [2]  # empty is not missing
+    assert changed("timestamps", [[0.5], [1.0, 2.0], None, [], [1.0, 2.0, 3.0], [0.25]]) == [0, 1]
+    for name in VECTOR_COLUMNS:
+        values = table.column(name).combine_chunks()
+        flat = values.flatten().to_numpy(zero_copy_only=False).copy()
+        flat.view(np.uint8)[-1] ^= 0x80  # the top bit of the last row's last value
+        altered = pa.FixedSizeListArray.from_arrays(pa.array(flat), values.type.list_size)
+        assert changed(name, altered) == [5], name
+
+
+def test_the_first_stage_graph_finds_the_pool_and_takes_new_files(model, processor, video_folder, tmp_path):
+    index_dir = tmp_path / "index"
+    build_index(video_folder, model, processor, index_dir, ann_min_rows=4, progress=False)
+    assert VideoIndex.open(index_dir).has_ann_index()
+    write_clip(video_folder / "late.mp4", seed=9)
+    build_index(video_folder, model, processor, index_dir, ann_min_rows=4, progress=False)
+    index = VideoIndex.open(index_dir)
+    assert index.has_ann_index() and len(index) == 6
+    exhaustive = search(index_dir, QUERIES, model, processor, top_k=6)
+    # A graph search whose candidate list covers the index returns every entry, the new one too.
+    assert_same_hits(search(index_dir, QUERIES, model, processor, top_k=6, candidates=6), exhaustive)
+    with pytest.raises(ValueError, match="ef must be at least 1"):
+        search(index_dir, QUERIES, model, processor, top_k=6, candidates=6, ef=0)
+
+
+def test_an_index_of_the_previous_table_version_is_refused_with_the_rebuild_command(
+    model, processor, video_folder, tmp_path
+):
+    index_dir = tmp_path / "index"
+    build_index(video_folder, model, processor, index_dir, progress=False)
+    info = json.loads((index_dir / INFO_NAME).read_text())
+    (index_dir / INFO_NAME).write_text(json.dumps({**info, "version": 2}))
+    with pytest.raises(OldIndexFormatError, match="version 2") as error:
+        VideoIndex.open(index_dir)
+    assert f"hbi-index {video_folder.resolve()} --model" in str(error.value) and "--rebuild" in str(error.value)

@@ -1,17 +1,16 @@
 """The index on disk (see the package docstring for the layout): `VideoIndex` to read it, checked
 before it is trusted (`writing.IndexWriter` changes it)."""
 
-import hashlib
 import itertools
 import json
 import os
 import shutil
-import struct
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import torch
+import xxhash
 
 from ...models.hbi.configuration_hbi import LEVEL_NAMES
 from ...models.hbi.wti import LevelTokens, l2_normalize
@@ -19,7 +18,7 @@ from ...training.model_identity import model_identity
 from .identity import check_same_model
 
 INDEX_FORMAT = "hbi-video-index"
-INDEX_VERSION = 2
+INDEX_VERSION = 3
 INFO_NAME = "index.json"
 TABLE_NAME = "entries"
 LOCK_NAME = "write.lock"
@@ -27,7 +26,7 @@ LOCK_NAME = "write.lock"
 OLD_MANIFEST_NAME = "manifest.json"
 OLD_SHARD_GLOB = "shard-*.safetensors*"
 DEFAULT_BATCH_ROWS = 1024
-# The first stage gets an approximate (IVF_PQ) index from this many rows on; below, an exact scan
+# The first stage gets an approximate (HNSW) index from this many rows on; below, an exact scan
 # of the pooled vectors costs less than the index's own overhead (benchmarks/bench_search.py).
 DEFAULT_ANN_MIN_ROWS = 50_000
 STORAGE_DTYPES = {"float32": (torch.float32, pa.float32()), "float16": (torch.float16, pa.float16())}
@@ -114,18 +113,41 @@ def _column_values(rows, name: str) -> np.ndarray:
 
 
 def row_checksums(table: pa.Table | pa.RecordBatch) -> list[bytes]:
-    """A digest per row of what a search reads of it (its entry and every stored model output),
-    so that altered bytes are found where the format itself has no checksum."""
+    """A 128-bit digest (xxh3) per row of what a search reads of it (its entry and every stored
+    model output), so that altered bytes are found where the format itself has no checksum.
+
+    A row's digest covers, in order: the bytes of its fixed-size columns (the window bounds and
+    duration, their validity, the lengths of its file name and timestamps, then every stored model
+    output), its file name, its timestamps. xxh3 because a scan checks every row it reads: it hashes
+    at memory speed, where a cryptographic digest cost more than scoring the rows."""
     count = table.num_rows
-    parts = [[row.encode() for row in table.column("file").to_pylist()]]
-    for name in ("start", "end"):
-        values = table.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
-        parts.append([struct.pack("<d", value) for value in values])
-    parts.append([json.dumps(times).encode() for times in table.column("timestamps").to_pylist()])
-    for name in VECTOR_COLUMNS:
-        values = _column_values(table, name).reshape(count, -1)
-        parts.append([row.tobytes() for row in values])
-    return [hashlib.blake2b(b"".join(row), digest_size=16).digest() for row in zip(*parts)]
+    files = [name.encode() for name in table.column("file").to_pylist()]
+    times = _combined(table.column("timestamps"))
+    time_offsets = times.offsets.to_numpy()
+    time_values = times.values.to_numpy(zero_copy_only=False).astype("<f8")
+    bounds = [_combined(table.column(name)) for name in ("start", "end", "duration")]
+    header = np.stack(
+        [bound.fill_null(0.0).to_numpy(zero_copy_only=False).astype("<f8") for bound in bounds]
+        + [bound.is_valid().to_numpy(zero_copy_only=False).astype("<f8") for bound in (*bounds, times)]
+        + [np.array([len(name) for name in files], "<f8"), np.diff(time_offsets).astype("<f8")],
+        axis=1,
+    )
+    fixed = np.concatenate(
+        [header.view(np.uint8).reshape(count, -1)]
+        + [_column_values(table, name).view(np.uint8).reshape(count, -1) for name in VECTOR_COLUMNS],
+        axis=1,
+    )
+    digests = []
+    for row in range(count):
+        digest = xxhash.xxh3_128(fixed[row])
+        digest.update(files[row])
+        digest.update(time_values[time_offsets[row] : time_offsets[row + 1]])
+        digests.append(digest.digest())
+    return digests
+
+
+def _combined(column) -> pa.Array:
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 def _schema(shapes: dict, storage: pa.DataType) -> pa.Schema:
@@ -176,6 +198,11 @@ class VideoIndex:
         if not _inside(info_path, index_dir):
             raise IndexDamagedError(f"{info_path} points outside the index folder {index_dir}")
         info = json.loads(info_path.read_text())
+        if info.get("format") == INDEX_FORMAT and isinstance(info.get("version"), int) and info["version"] < INDEX_VERSION:
+            raise OldIndexFormatError(
+                f"{index_dir} holds an index of an earlier hbi-index (version {info['version']}; this one reads "
+                f"version {INDEX_VERSION}, whose row checksums differ): rebuild it with\n  {repair_command(index_dir, info)}"
+            )
         if info.get("format") != INDEX_FORMAT or info.get("version") != INDEX_VERSION:
             raise ValueError(
                 f"{info_path} is not an HBI video index of version {INDEX_VERSION} "
@@ -279,11 +306,12 @@ class VideoIndex:
         self._verify(rows)
         return rows
 
-    def nearest(self, vector: np.ndarray, k: int, nprobes: int, refine_factor: int) -> pa.Table:
+    def nearest(self, vector: np.ndarray, k: int, nprobes: int, refine_factor: int, ef: int) -> pa.Table:
         """The `k` rows (checked) with the largest dot product of their pooled vector with
-        `vector`: by the ANN index when there is one, else by an exact scan."""
+        `vector`: by the ANN index when there is one, else by an exact scan. The graph search
+        keeps at least the `k` x `refine_factor` neighbours it hands over for re-ranking."""
         query = {"column": "pooled", "q": vector, "k": k, "metric": "dot", "nprobes": nprobes,
-                 "refine_factor": refine_factor}
+                 "refine_factor": refine_factor, "ef": max(ef, k * refine_factor)}
         rows = self._guarded(lambda: self.dataset.to_table(nearest=query, with_row_id=True))
         self._verify(rows)
         return rows

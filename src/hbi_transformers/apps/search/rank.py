@@ -18,8 +18,10 @@ from .index import VideoIndex
 from .results import SearchHit
 
 DEFAULT_CHUNK_SIZE = 1024
-# IVF partitions probed, and PQ candidates re-ranked on the exact pooled vectors per candidate kept.
-DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR = 20, 4
+# Graphs (IVF partitions) searched, approximate neighbours re-ranked on the exact pooled vectors per
+# candidate kept, and the graph search's candidate list: 100% recall@10 at 20,000 entries
+# (benchmarks/bench_search.py, where the README's figures at larger sizes come from).
+DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR, DEFAULT_EF = 20, 2, 300
 
 
 class _RunningTopK:
@@ -57,6 +59,7 @@ def search(
     progress: bool = False,
     nprobes: int = DEFAULT_NPROBES,
     refine_factor: int = DEFAULT_REFINE_FACTOR,
+    ef: int = DEFAULT_EF,
 ) -> list[list[SearchHit]]:
     """Ranks the entries of an index for each query with the full HBI score.
 
@@ -70,10 +73,11 @@ def search(
         chunk_size: texts x videos per block of the word-frame interaction (bounds its memory).
         candidates: two-stage search: score with HBI only the `candidates` best entries of each
             query by pooled embeddings (see `pooled_embeddings`); None scores every entry.
-            The pool comes from the engine's vector search: its IVF_PQ index when the index
-            has one (`nprobes` partitions probed, `refine_factor` x `candidates` approximate
-            neighbours re-ranked on the exact vectors), else an exact scan; with an exact scan a
-            pool covering the index gives exactly the exhaustive ranking.
+            The pool comes from the engine's vector search: its HNSW index when the index has
+            one (`nprobes` graphs searched with a candidate list of `ef`, at least
+            `refine_factor` x `candidates`; that many approximate neighbours re-ranked on the
+            exact vectors), else an exact scan; with an exact scan a pool covering the index gives
+            exactly the exhaustive ranking.
         progress: show a progress bar over the batches of an exhaustive search.
 
     Returns:
@@ -91,7 +95,7 @@ def search(
             text_outputs = model.get_text_features(
                 tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device)
             )
-        return _rank(index, text_outputs, model, top_k, chunk_size, candidates, nprobes, refine_factor, progress)
+        return _rank(index, text_outputs, model, top_k, chunk_size, candidates, (nprobes, refine_factor, ef), progress)
     finally:
         model.train(was_training)
 
@@ -106,21 +110,24 @@ def search_by_text_features(
     progress: bool = False,
     nprobes: int = DEFAULT_NPROBES,
     refine_factor: int = DEFAULT_REFINE_FACTOR,
+    ef: int = DEFAULT_EF,
 ) -> list[list[SearchHit]]:
     """`search` for queries already encoded with `model.get_text_features` (model in eval mode)."""
     if not isinstance(index, VideoIndex):
         index = VideoIndex.open(index)
     index.check_model(model)
-    return _rank(index, text_outputs, model, top_k, chunk_size, candidates, nprobes, refine_factor, progress)
+    return _rank(index, text_outputs, model, top_k, chunk_size, candidates, (nprobes, refine_factor, ef), progress)
 
 
 @torch.no_grad()
-def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_size, candidates, nprobes, refine_factor,
-          progress):
+def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_size, candidates, first_stage, progress):
     if top_k < 1:
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if candidates is not None and candidates < top_k:
         raise ValueError(f"candidates ({candidates}) must be at least top_k ({top_k})")
+    for name, value in zip(("nprobes", "refine_factor", "ef"), first_stage):
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
     num_queries = text_outputs.text_embeds.shape[0]
     device, dtype = text_outputs.text_embeds.device, text_outputs.text_embeds.dtype
     # All queries are merged as one batch (compute_similarity uses groups of 32): the batch only
@@ -148,7 +155,7 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
         def hit_rows(ids):
             return index.take(ids)
     else:
-        pool, in_pool = _first_stage_pool(index, text_levels[0], candidates, nprobes, refine_factor)
+        pool, in_pool = _first_stage_pool(index, text_levels[0], candidates, *first_stage)
         if pool.num_rows:
             score(pool, 0, in_pool.to(device))
 
@@ -157,11 +164,12 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
     return _hits(index, text_levels[0], best, hit_rows)
 
 
-def _first_stage_pool(index: VideoIndex, text_entity: LevelTokens, candidates: int, nprobes: int, refine_factor: int):
+def _first_stage_pool(index: VideoIndex, text_entity: LevelTokens, candidates: int, nprobes: int, refine_factor: int,
+                      ef: int):
     """The rows some query keeps among its `candidates` best by pooled embeddings (through the
     engine's vector search), and `[queries, rows]` flags of whose pool each row is in."""
     query_vectors = pooled_embeddings(text_entity).float().cpu().numpy()
-    pools = [index.nearest(vector, candidates, nprobes, refine_factor) for vector in query_vectors]
+    pools = [index.nearest(vector, candidates, nprobes, refine_factor, ef) for vector in query_vectors]
     position_of, pieces, members = {}, [], []
     for query, rows in enumerate(pools):
         row_ids = rows.column("_rowid").to_pylist()
