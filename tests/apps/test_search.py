@@ -17,7 +17,6 @@ from hbi_transformers.models.hbi.wti import weighted_token_interaction
 from hbi_transformers.models.hbi.modeling_hbi import HBITextOutput, HBIVideoOutput
 from hbi_transformers.apps.search import (
     INFO_NAME,
-    IndexBusyError,
     IndexDamagedError,
     IndexModelMismatchError,
     OldIndexFormatError,
@@ -453,7 +452,7 @@ def test_nan_entries_are_refused_at_write_and_nan_scores_rank_last(tmp_path):
 
     # A score that is NaN anyway (altered bytes that kept their checksum, a degenerate query)
     # ranks after every real one, and before the entries that are no candidate at all.
-    best = _RunningTopK(1, 4, 0, "cpu")
+    best = _RunningTopK(1, 4, "cpu")
     best.update(torch.tensor([[float("nan"), 1.0, float("-inf"), -2.0]]), torch.arange(4))
     assert best.ids.tolist() == [[1, 3, 0, 2]]
 
@@ -541,3 +540,23 @@ def test_an_index_of_the_previous_table_version_is_refused_with_the_rebuild_comm
     with pytest.raises(OldIndexFormatError, match="version 2") as error:
         VideoIndex.open(index_dir)
     assert f"hbi-index {video_folder.resolve()} --model" in str(error.value) and "--rebuild" in str(error.value)
+
+
+def test_levels_the_fusion_does_not_weigh_are_scored_for_the_hits_only(tmp_path):
+    torch.manual_seed(0)
+    model = HBIModel(tiny_config(level_weights=[1.0, 0.0, 0.0])).eval()  # the official retrieval weights
+    videos = synthetic_videos(30, seed=8)
+    texts = HBITextOutput(text_embeds=torch.randn(3, 8, model.config.projection_dim, generator=torch.Generator().manual_seed(1)),
+                          attention_mask=torch.ones(3, 8, dtype=torch.long))
+    index = index_from_features(tmp_path / "index", model, videos, [f"video{i}" for i in range(30)], batch_rows=7)
+    torch.manual_seed(0)
+    expected = model.compute_similarity(texts, videos)
+    for hits in (search_by_text_features(index, texts, model, top_k=5),
+                 search_by_text_features(index, texts, model, top_k=5, candidates=30)):
+        for query, query_hits in enumerate(hits):
+            assert [hit.file for hit in query_hits] == [f"video{i}" for i in expected.logits_per_text[query].topk(5).indices]
+            for hit in query_hits:
+                video = int(hit.file.removeprefix("video"))
+                assert hit.score == pytest.approx(float(expected.logits_per_text[query, video]), abs=1e-4)
+                assert list(hit.level_scores.values()) == pytest.approx(
+                    [float(level[query, video]) for level in expected.level_logits_per_text], abs=1e-4)

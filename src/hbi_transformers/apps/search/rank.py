@@ -25,27 +25,22 @@ DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR, DEFAULT_EF = 20, 2, 300
 
 
 class _RunningTopK:
-    """The k best (score, entry id, extra values) per query over blocks seen so far."""
+    """The k best (score, entry id) per query over blocks seen so far."""
 
-    def __init__(self, num_queries: int, k: int, num_extra: int, device):
+    def __init__(self, num_queries: int, k: int, device):
         self.k = k
         self.scores = torch.empty(num_queries, 0, device=device)
         self.ids = torch.empty(num_queries, 0, dtype=torch.long, device=device)
-        self.extra = torch.empty(num_queries, 0, num_extra, device=device)
 
-    def update(self, scores: torch.Tensor, ids: torch.Tensor, extra: torch.Tensor | None = None) -> None:
+    def update(self, scores: torch.Tensor, ids: torch.Tensor) -> None:
         # NaN (a damaged or degenerate entry) ranks after every real score, before -inf (not a
         # candidate of this query).
         scores = scores.float()
         scores = torch.where(scores.isnan(), torch.finfo(torch.float32).min, scores)
         scores = torch.cat([self.scores, scores], dim=1)
         ids = torch.cat([self.ids, ids.expand(scores.shape[0], -1) if ids.dim() == 1 else ids], dim=1)
-        if extra is None:
-            extra = scores.new_empty(scores.shape[0], scores.shape[1] - self.scores.shape[1], self.extra.shape[2])
-        extra = torch.cat([self.extra, extra.float()], dim=1)
         best = scores.topk(min(self.k, scores.shape[1]), dim=1).indices
         self.scores, self.ids = scores.gather(1, best), ids.gather(1, best)
-        self.extra = extra.gather(1, best[..., None].expand(-1, -1, extra.shape[2]))
 
 
 def search(
@@ -135,16 +130,18 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
     # caption has at least 3 (start, a word, end).
     with fixed_merge_noise(device):
         text_levels = model.text_levels(text_outputs.text_embeds, text_outputs.attention_mask)
-    best = _RunningTopK(num_queries, top_k, len(LEVEL_NAMES), device)
+    best = _RunningTopK(num_queries, top_k, device)
+    # Ranking needs the levels up to the last one the fusion weighs (only the entity level with the
+    # official retrieval weights); every level's score is computed for the hits alone.
+    weighted = [level for level, weight in enumerate(model.config.level_weights) if weight]
+    ranking_levels = weighted[-1] + 1 if weighted else 1
 
     def score(rows, first_id, in_pool=None):
-        video_levels = index.levels(rows, device=device, dtype=dtype)
-        similarity = model.similarity_from_levels(text_levels, video_levels, chunk_size)
-        scores = similarity.logits_per_text
+        video_levels = index.levels(rows, device=device, dtype=dtype, num_levels=ranking_levels)
+        scores = model.similarity_from_levels(text_levels[:ranking_levels], video_levels, chunk_size).logits_per_text
         if in_pool is not None:
             scores = scores.masked_fill(~in_pool, float("-inf"))
-        ids = first_id + torch.arange(scores.shape[1], device=device)
-        best.update(scores, ids, torch.stack(similarity.level_logits_per_text, dim=-1))
+        best.update(scores, first_id + torch.arange(scores.shape[1], device=device))
 
     if candidates is None:
         position = 0
@@ -161,7 +158,7 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
 
         def hit_rows(ids):
             return pool.take(pa.array(ids, pa.int64()))
-    return _hits(index, text_levels[0], best, hit_rows)
+    return _hits(index, model, text_levels, best, hit_rows, chunk_size)
 
 
 def _first_stage_pool(index: VideoIndex, text_entity: LevelTokens, candidates: int, nprobes: int, refine_factor: int,
@@ -202,7 +199,8 @@ def best_matching_frames(text: LevelTokens, video: LevelTokens) -> torch.Tensor:
     return (text_to_video + video_to_text) / 2
 
 
-def _hits(index: VideoIndex, text_entity: LevelTokens, best: _RunningTopK, hit_rows) -> list[list[SearchHit]]:
+def _hits(index: VideoIndex, model, text_levels: list[LevelTokens], best: _RunningTopK, hit_rows,
+          chunk_size: int) -> list[list[SearchHit]]:
     # Scores are sorted, and -inf only where a query's pool held fewer entries than top_k.
     num_found = (best.scores > float("-inf")).sum(dim=1).tolist()
     ranked = [best.ids[query, :count].tolist() for query, count in enumerate(num_found)]
@@ -211,7 +209,10 @@ def _hits(index: VideoIndex, text_entity: LevelTokens, best: _RunningTopK, hit_r
     row_of = {entry_id: row for row, entry_id in enumerate(ids)}
     entries = rows.select(["file", "start", "end", "timestamps", "duration"]).to_pylist()
     pairs = [(query, row_of[entry_id]) for query, entry_ids in enumerate(ranked) for entry_id in entry_ids]
-    frame_of = _best_frames(index, text_entity, rows, pairs)
+    device = text_levels[0].tokens.device
+    video_levels = index.levels(rows, device=device, dtype=text_levels[0].tokens.dtype) if pairs else None
+    frame_of = _best_frames(text_levels[0], video_levels, pairs)
+    level_scores = _level_scores(model, text_levels, video_levels, ranked, row_of, chunk_size)
     file_root = index.video_dir
     lowest = torch.finfo(torch.float32).min
     results = []
@@ -232,24 +233,38 @@ def _hits(index: VideoIndex, text_entity: LevelTokens, best: _RunningTopK, hit_r
                     window_start=window[0],
                     window_end=window[1],
                     best_frame_time=window[2],
-                    level_scores=dict(zip(LEVEL_NAMES, best.extra[query, position].tolist())),
+                    level_scores=dict(zip(LEVEL_NAMES, level_scores[query][position])),
                 )
             )
         results.append(hits)
     return results
 
 
-def _best_frames(index: VideoIndex, text_entity: LevelTokens, rows, pairs) -> dict:
+def _best_frames(text_entity: LevelTokens, video_levels: list[LevelTokens] | None, pairs) -> dict:
     """The best-matching frame of each (query, row) pair."""
     if not pairs:
         return {}
     device = text_entity.tokens.device
-    video_entity = index.levels(rows, device=device, dtype=text_entity.tokens.dtype, num_levels=1)[0]
+    video_entity = video_levels[0]
     queries = torch.tensor([query for query, _ in pairs], device=device)
     positions = torch.tensor([row for _, row in pairs], device=device)
     shares = best_matching_frames(text_entity[queries], video_entity[positions])
     shares = shares.masked_fill(video_entity.mask[positions] == 0, float("-inf"))
     return dict(zip(pairs, shares.nan_to_num(nan=float("-inf")).argmax(dim=1).tolist()))
+
+
+def _level_scores(model, text_levels, video_levels, ranked, row_of, chunk_size) -> list[list[list[float]]]:
+    """Each query's hits' scores at every level, scaled as the fused score is."""
+    scores = []
+    for query, entry_ids in enumerate(ranked):
+        if not entry_ids:
+            scores.append([])
+            continue
+        positions = torch.tensor([row_of[entry_id] for entry_id in entry_ids], device=text_levels[0].tokens.device)
+        similarity = model.similarity_from_levels([level[query : query + 1] for level in text_levels],
+                                                  [level[positions] for level in video_levels], chunk_size)
+        scores.append(torch.stack(similarity.level_logits_per_text, dim=-1)[0].tolist())
+    return scores
 
 
 def _window_around(entry: dict, frame: int) -> tuple[float | None, float | None, float | None]:
