@@ -38,9 +38,9 @@ class SearchArguments:
         },
     )
     nprobes: int = field(default=DEFAULT_NPROBES, metadata={"help": "First-stage graphs (IVF partitions) searched."})
-    refine_factor: int = field(
+    refine_factor: int | None = field(
         default=DEFAULT_REFINE_FACTOR,
-        metadata={"help": "Approximate first-stage neighbours re-ranked on exact vectors, per candidate."},
+        metadata={"help": "Approximate first-stage neighbours re-ranked on exact vectors, per candidate; None: none."},
     )
     ef: int = field(
         default=DEFAULT_EF,

@@ -306,12 +306,13 @@ class VideoIndex:
         self._verify(rows)
         return rows
 
-    def nearest(self, vector: np.ndarray, k: int, nprobes: int, refine_factor: int, ef: int) -> pa.Table:
+    def nearest(self, vector: np.ndarray, k: int, nprobes: int, refine_factor: int | None, ef: int) -> pa.Table:
         """The `k` rows (checked) with the largest dot product of their pooled vector with
         `vector`: by the ANN index when there is one, else by an exact scan. The graph search
-        keeps at least the `k` x `refine_factor` neighbours it hands over for re-ranking."""
+        keeps at least the `k` x `refine_factor` neighbours it hands over for re-ranking (None: no
+        re-ranking, the index's own quantised distances decide)."""
         query = {"column": "pooled", "q": vector, "k": k, "metric": "dot", "nprobes": nprobes,
-                 "refine_factor": refine_factor, "ef": max(ef, k * refine_factor)}
+                 "refine_factor": refine_factor, "ef": max(ef, k * (refine_factor or 1))}
         rows = self._guarded(lambda: self.dataset.to_table(nearest=query, with_row_id=True))
         self._verify(rows)
         return rows

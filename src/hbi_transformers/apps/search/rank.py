@@ -19,9 +19,9 @@ from .results import SearchHit
 
 DEFAULT_CHUNK_SIZE = 1024
 # Graphs (IVF partitions) searched, approximate neighbours re-ranked on the exact pooled vectors per
-# candidate kept, and the graph search's candidate list: 100% recall@10 at 20,000 entries
-# (benchmarks/bench_search.py, where the README's figures at larger sizes come from).
-DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR, DEFAULT_EF = 20, 2, 300
+# candidate kept (none: at 100,000 entries re-ranking 2 per candidate cost 10 ms a query and kept
+# the same pool), and the graph search's candidate list (benchmarks/bench_search.py, README).
+DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR, DEFAULT_EF = 20, None, 300
 
 
 class _RunningTopK:
@@ -53,7 +53,7 @@ def search(
     candidates: int | None = None,
     progress: bool = False,
     nprobes: int = DEFAULT_NPROBES,
-    refine_factor: int = DEFAULT_REFINE_FACTOR,
+    refine_factor: int | None = DEFAULT_REFINE_FACTOR,
     ef: int = DEFAULT_EF,
 ) -> list[list[SearchHit]]:
     """Ranks the entries of an index for each query with the full HBI score.
@@ -69,9 +69,9 @@ def search(
         candidates: two-stage search: score with HBI only the `candidates` best entries of each
             query by pooled embeddings (see `pooled_embeddings`); None scores every entry.
             The pool comes from the engine's vector search: its HNSW index when the index has
-            one (`nprobes` graphs searched with a candidate list of `ef`, at least
-            `refine_factor` x `candidates`; that many approximate neighbours re-ranked on the
-            exact vectors), else an exact scan; with an exact scan a pool covering the index gives
+            one (`nprobes` graphs searched with a candidate list of `ef`; with a `refine_factor`,
+            at least `refine_factor` x `candidates` and that many approximate neighbours
+            re-ranked on the exact vectors), else an exact scan; with an exact scan a pool covering the index gives
             exactly the exhaustive ranking.
         progress: show a progress bar over the batches of an exhaustive search.
 
@@ -104,7 +104,7 @@ def search_by_text_features(
     candidates: int | None = None,
     progress: bool = False,
     nprobes: int = DEFAULT_NPROBES,
-    refine_factor: int = DEFAULT_REFINE_FACTOR,
+    refine_factor: int | None = DEFAULT_REFINE_FACTOR,
     ef: int = DEFAULT_EF,
 ) -> list[list[SearchHit]]:
     """`search` for queries already encoded with `model.get_text_features` (model in eval mode)."""
@@ -121,7 +121,7 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
     if candidates is not None and candidates < top_k:
         raise ValueError(f"candidates ({candidates}) must be at least top_k ({top_k})")
     for name, value in zip(("nprobes", "refine_factor", "ef"), first_stage):
-        if value < 1:
+        if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     num_queries = text_outputs.text_embeds.shape[0]
     device, dtype = text_outputs.text_embeds.device, text_outputs.text_embeds.dtype
@@ -161,8 +161,8 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
     return _hits(index, model, text_levels, best, hit_rows, chunk_size)
 
 
-def _first_stage_pool(index: VideoIndex, text_entity: LevelTokens, candidates: int, nprobes: int, refine_factor: int,
-                      ef: int):
+def _first_stage_pool(index: VideoIndex, text_entity: LevelTokens, candidates: int, nprobes: int,
+                      refine_factor: int | None, ef: int):
     """The rows some query keeps among its `candidates` best by pooled embeddings (through the
     engine's vector search), and `[queries, rows]` flags of whose pool each row is in."""
     query_vectors = pooled_embeddings(text_entity).float().cpu().numpy()
