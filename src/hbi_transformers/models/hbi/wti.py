@@ -119,6 +119,11 @@ def _length_sorted_chunks(side: LevelTokens, chunk_size: int) -> list[tuple[torc
         ]
     width = side.tokens.shape[1]
     lengths = side.mask.sum(dim=1)
+    if len(side) <= chunk_size:
+        # One chunk: order does not matter, and slicing instead of gathering saves a copy.
+        keep = max(int(lengths.max()), 1) if len(side) else width
+        tokens = side.tokens[:, :keep] * side.mask[:, :keep, None].to(side.tokens.dtype)
+        return [(torch.arange(len(side), device=side.tokens.device), tokens, side.weights[:, :keep], keep < width)]
     order = torch.argsort(lengths, descending=True, stable=True)
     # One host sync per side and level, not one per block.
     chunk_widths = lengths[order[::chunk_size]].tolist()
