@@ -5,6 +5,7 @@ import torch
 from conftest import make_batch, tiny_config
 
 from hbi_transformers import HBIModel
+from hbi_transformers.training import optimization
 from hbi_transformers.training.optimization import BertAdam, hbi_parameter_groups, warmup_cosine, warmup_cosine_schedule
 from hbi_transformers.training import HBITrainer, HBITrainingArguments
 
@@ -66,13 +67,20 @@ def test_bert_adam_matches_the_formula():
         torch.testing.assert_close(weight.detach(), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch_elements", [None, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_bert_adam_foreach_matches_the_per_tensor_loop(dtype):
+def test_bert_adam_foreach_matches_the_per_tensor_loop(dtype, batch_elements, monkeypatch):
     # Two groups (one without decay or clipping), a parameter without gradient, mixed dtypes and
-    # gradients both under and over the clipping norm: the updates must be the same bits.
+    # gradients both under and over the clipping norm: the updates must be the same bits. With
+    # batches of 64 elements (a multiple of every SIMD width, as the real size) the foreach path
+    # also slices tensors (300 and 277 elements; a non-contiguous one of 120 is updated whole) and
+    # batches small ones together.
+    if batch_elements is not None:
+        monkeypatch.setattr(optimization, "BERT_ADAM_BATCH_ELEMENTS", batch_elements)
     torch.manual_seed(0)
-    shapes = [(3, 4), (5,), (2, 3, 2), (7,)]
+    shapes = [(3, 4), (5,), (2, 3, 2), (7,), (300,), (277,)]
     start = [torch.randn(shape).to(dtype) for shape in shapes] + [torch.randn(4, dtype=torch.float32)]
+    start.append(torch.randn(3, 40).to(dtype).t())
     runs = {}
     for foreach in (False, True):
         weights = [w.clone().requires_grad_() for w in start]
