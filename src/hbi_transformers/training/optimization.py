@@ -105,9 +105,12 @@ class BertAdam(torch.optim.Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(parameter)
         exp_avgs = [self.state[parameter]["exp_avg"] for parameter in parameters]
         exp_avg_sqs = [self.state[parameter]["exp_avg_sq"] for parameter in parameters]
-        # The betas as tensors: the in-place multi-tensor multiply by a number would round it to
-        # a float16 moment's dtype first (0.9 -> 0.8999), which the per-tensor `mul_` does not.
-        beta1, beta2 = (torch.tensor(beta, device=parameters[0].device) for beta in group["betas"])
+        # Factors as tensors: the in-place multi-tensor multiply by a number would round it to a
+        # float16 tensor's dtype first (0.9 -> 0.8999, 1e-7 -> 1.19e-7), which the per-tensor
+        # ops do not.
+        beta1, beta2, learning_rate = (
+            torch.tensor(value, device=parameters[0].device) for value in (*group["betas"], group["lr"])
+        )
         for params, grads, exp_avgs, exp_avg_sqs, coefficients in _cache_sized_batches(
             parameters, grads, exp_avgs, exp_avg_sqs, coefficients
         ):
@@ -122,8 +125,8 @@ class BertAdam(torch.optim.Optimizer):
             updates = torch._foreach_div(exp_avgs, denominators)
             if group["weight_decay"] > 0:
                 torch._foreach_add_(updates, torch._foreach_mul(params, group["weight_decay"]))
-            # Out of place: the in-place multi-tensor multiply rounds lr to a float16 parameter's dtype.
-            torch._foreach_sub_(params, torch._foreach_mul(updates, group["lr"]))
+            torch._foreach_mul_(updates, learning_rate)
+            torch._foreach_sub_(params, updates)
 
 
 # Elements per batch of BertAdam's multi-tensor update. Its dozen element-wise passes each stream
