@@ -411,15 +411,17 @@ class HBIModel(HBIPreTrainedModel):
         shared_padding = not torch.compiler.is_compiling() and not (
             self.training and self.config.vision_config.attention_dropout > 0
         )
-        real = frame_mask.bool()
         if shared_padding:
-            padding = (~real).nonzero().flatten()
-            shared_padding = padding.numel() > 1
+            real = frame_mask.bool()
+            first_padding = ~real & ((~real).cumsum(0) == 1)
+            kept_mask = real | first_padding
+            kept = kept_mask.nonzero().flatten()  # the one host sync: how many frames the tower sees
+            shared_padding = kept.numel() < frame_mask.numel()
         if not shared_padding:
             return self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
-        kept = torch.cat([real.nonzero().flatten(), padding[:1]])
-        # Each frame's row in the kept frames' output: its own, or the last one (the padding frame).
-        source = torch.where(real, real.cumsum(0) - 1, kept.numel() - 1)
+        # Each frame's row in the kept frames' output: its own, or the first padding frame's.
+        row = kept_mask.cumsum(0) - 1
+        source = torch.where(real, row, (row * first_padding).sum())
         tower = self.vision_model(pixel_values=pixel_values[kept], return_dict=True, **kwargs)
 
         def every_frame(tensors):
@@ -725,9 +727,12 @@ def _check_mask(mask: torch.Tensor, kind: str, mask_name: str) -> None:
     which breaks nothing and still refuses the batch; eager, the error names the items."""
     if mask.shape[0] == 0:
         raise ValueError(f"{mask_name} holds no {kind}: the batch is empty")
+    valid = ((mask == 0) | (mask == 1)).all() & (mask.sum(dim=-1) > 0).all()
     if torch.compiler.is_compiling():
-        valid = ((mask == 0) | (mask == 1)).all() & (mask.sum(dim=-1) > 0).all()
         torch._assert_async(valid, f"{mask_name} must hold only 0 and 1, and every {kind} at least one token")
+        return
+    # One host sync for a good mask; the details are looked up only for the error.
+    if valid:
         return
     if ((mask != 0) & (mask != 1)).any():
         raise ValueError(f"{mask_name} must hold only 0 and 1, got values {sorted(mask.unique().tolist())}")
