@@ -101,6 +101,47 @@ def test_bert_adam_foreach_matches_the_per_tensor_loop(dtype, batch_elements, mo
         torch.testing.assert_close(fused, loop, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sqrt_floor_leaves_the_adam_denominator_unchanged(dtype):
+    eps = 1e-6
+    floor = optimization.sqrt_floor(dtype, eps)
+    assert floor >= torch.finfo(dtype).tiny
+    tiny = torch.finfo(dtype).tiny
+    # Zeros, subnormals, the floor and its neighbours, and magnitudes from far below to far above.
+    special = torch.tensor([0.0, tiny / 8, tiny, floor / 2, floor, floor * 2, 1e-30, 1e-26, 1e-20, 1.0], dtype=torch.float64)
+    magnitudes = torch.logspace(-45, 2, 20000, dtype=torch.float64)
+    values = torch.cat([special, magnitudes]).to(dtype)
+    values = torch.cat([values, torch.nextafter(values, torch.full_like(values, math.inf))])
+    plain = values.sqrt().add_(eps)
+    floored = values.clamp_min(floor).sqrt().add_(eps)
+    assert torch.equal(floored, plain)
+
+
+def test_sqrt_floor_is_zero_where_no_floor_is_safe():
+    assert optimization.sqrt_floor(torch.float16, 1e-6) == 0.0
+    assert optimization.sqrt_floor(torch.float32, 0.0) == 0.0
+
+
+def test_bert_adam_foreach_with_zero_and_tiny_gradients_matches_the_loop():
+    # Rows of an embedding that no batch used (zero moments) and gradients so small that the
+    # second moment is subnormal: the floor under the square root must not change a bit.
+    start = torch.randn(40, 8)
+    grads = torch.zeros(4, 40, 8)
+    grads[:, :5] = torch.randn(4, 5, 8)
+    grads[:, 5:10] = 1e-20
+    runs = []
+    for foreach in (False, True):
+        weight = start.clone().requires_grad_()
+        optimizer = BertAdam([weight], lr=0.1, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2, foreach=foreach)
+        for grad in grads:
+            weight.grad = grad.clone()
+            optimizer.step()
+        runs.append(weight.detach())
+    tiny_moments = optimizer.state[weight]["exp_avg_sq"][5:10]
+    assert ((tiny_moments > 0) & (tiny_moments < torch.finfo(torch.float32).tiny)).all()
+    torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=0)
+
+
 def test_warmup_cosine_schedule():
     assert warmup_cosine(0.0, 0.1) == 0.0
     assert warmup_cosine(0.05, 0.1) == pytest.approx(0.5)

@@ -111,6 +111,9 @@ class BertAdam(torch.optim.Optimizer):
         beta1, beta2, learning_rate = (
             torch.tensor(value, device=parameters[0].device) for value in (*group["betas"], group["lr"])
         )
+        floors = {}
+        if parameters[0].device.type == "cpu":
+            floors = {v.dtype: sqrt_floor(v.dtype, group["eps"]) for v in exp_avg_sqs}
         for params, grads, exp_avgs, exp_avg_sqs, coefficients in _cache_sized_batches(
             parameters, grads, exp_avgs, exp_avg_sqs, coefficients
         ):
@@ -120,13 +123,36 @@ class BertAdam(torch.optim.Optimizer):
             torch._foreach_add_(exp_avgs, grads, alpha=1 - group["betas"][0])
             torch._foreach_mul_(exp_avg_sqs, beta2)
             torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - group["betas"][1])
-            denominators = torch._foreach_sqrt(exp_avg_sqs)
+            if floors:
+                # The CPU's square root is several times slower on zeros and subnormals (most of
+                # the token embedding's second moments: rows of words never seen): raise them to
+                # a floor whose root vanishes next to eps, which leaves `sqrt(v) + eps` unchanged.
+                denominators = torch._foreach_clamp_min(exp_avg_sqs, [floors[v.dtype] for v in exp_avg_sqs])
+                torch._foreach_sqrt_(denominators)
+            else:
+                denominators = torch._foreach_sqrt(exp_avg_sqs)
             torch._foreach_add_(denominators, group["eps"])
             updates = torch._foreach_div(exp_avgs, denominators)
             if group["weight_decay"] > 0:
                 torch._foreach_add_(updates, torch._foreach_mul(params, group["weight_decay"]))
             torch._foreach_mul_(updates, learning_rate)
             torch._foreach_sub_(params, updates)
+
+
+def sqrt_floor(dtype: torch.dtype, eps: float) -> float:
+    """A floor for Adam's second moments `v` that cannot change `sqrt(v) + eps` in `dtype`: a
+    normal number whose root is a quarter of the spacing of floating-point numbers above `eps`, so
+    the sum rounds to `eps` for any `v` below it, as it does for `v` = 0 (both are checked in
+    `dtype`). 0 (no floor) where no such normal number exists, as for float16 or `eps` = 0."""
+    if not dtype.is_floating_point or eps <= 0:
+        return 0.0
+    eps_tensor = torch.tensor(eps, dtype=dtype)
+    spacing = float(torch.nextafter(eps_tensor, torch.tensor(math.inf, dtype=dtype)) - eps_tensor)
+    floor = (spacing / 4) ** 2
+    if floor < torch.finfo(dtype).tiny:
+        return 0.0
+    at_floor, at_zero = torch.tensor([floor, 0.0], dtype=dtype).sqrt().add_(eps)
+    return floor if bool(at_floor == at_zero) else 0.0
 
 
 # Elements per batch of BertAdam's multi-tensor update. Its dozen element-wise passes each stream
