@@ -4,11 +4,12 @@
     python benchmarks/bench_train_step.py --batch-sizes 8 --steps 7
 
 Text tower 512 wide x 2 layers, vision tower 128 wide x 2 layers, 64 px frames (patch 16),
-24 words, 12 frames, projection 512, the official parameter groups and BertAdam. Prints the
-median seconds of forward, backward and optimiser over `--steps` steps after two warm-up steps
-(1 torch thread unless `--threads`), then where the forward goes by module group (self time of
-the towers, temporal module, token merging, weight heads, Banzhaf estimators; the rest of the
-forward is WTI and the loss) and the heaviest operators of one profiled step.
+24 words, 12 frames, projection 512, the patch embedding frozen (as `HBITrainer` does), the
+official parameter groups and BertAdam. Prints the median seconds of forward, backward and
+optimiser over `--steps` steps after two warm-up steps (1 torch thread unless `--threads`), then
+where the forward goes by module group (self time of the towers, temporal module, token merging,
+weight heads, Banzhaf estimators; the rest of the forward is WTI and the loss) and the heaviest
+operators of one profiled step.
 """
 
 import argparse
@@ -33,7 +34,10 @@ def build_model():
         attn_implementation="sdpa",
     )
     torch.manual_seed(0)
-    return HBIModel(config).train()
+    model = HBIModel(config).train()
+    # Frozen as HBITrainer freezes it by default (`freeze_patch_embedding`), as officially.
+    model.vision_model.embeddings.patch_embedding.requires_grad_(False)
+    return model
 
 
 def make_batch(batch_size: int, seed: int) -> dict:

@@ -5,6 +5,7 @@ import torch
 from conftest import make_batch, tiny_config
 
 from hbi_transformers import HBIModel
+from hbi_transformers.training import optimization
 from hbi_transformers.training.optimization import BertAdam, hbi_parameter_groups, warmup_cosine, warmup_cosine_schedule
 from hbi_transformers.training import HBITrainer, HBITrainingArguments
 
@@ -66,13 +67,20 @@ def test_bert_adam_matches_the_formula():
         torch.testing.assert_close(weight.detach(), expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("batch_elements", [None, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_bert_adam_foreach_matches_the_per_tensor_loop(dtype):
+def test_bert_adam_foreach_matches_the_per_tensor_loop(dtype, batch_elements, monkeypatch):
     # Two groups (one without decay or clipping), a parameter without gradient, mixed dtypes and
-    # gradients both under and over the clipping norm: the updates must be the same bits.
+    # gradients both under and over the clipping norm: the updates must be the same bits. With
+    # batches of 64 elements (a multiple of every SIMD width, as the real size) the foreach path
+    # also slices tensors (300 and 277 elements; a non-contiguous one of 120 is updated whole) and
+    # batches small ones together.
+    if batch_elements is not None:
+        monkeypatch.setattr(optimization, "BERT_ADAM_BATCH_ELEMENTS", batch_elements)
     torch.manual_seed(0)
-    shapes = [(3, 4), (5,), (2, 3, 2), (7,)]
+    shapes = [(3, 4), (5,), (2, 3, 2), (7,), (300,), (277,)]
     start = [torch.randn(shape).to(dtype) for shape in shapes] + [torch.randn(4, dtype=torch.float32)]
+    start.append(torch.randn(3, 40).to(dtype).t())
     runs = {}
     for foreach in (False, True):
         weights = [w.clone().requires_grad_() for w in start]
@@ -91,6 +99,47 @@ def test_bert_adam_foreach_matches_the_per_tensor_loop(dtype):
         runs[foreach] = [w.detach() for w in weights]
     for loop, fused in zip(runs[False], runs[True]):
         torch.testing.assert_close(fused, loop, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_sqrt_floor_leaves_the_adam_denominator_unchanged(dtype):
+    eps = 1e-6
+    floor = optimization.sqrt_floor(dtype, eps)
+    assert floor >= torch.finfo(dtype).tiny
+    tiny = torch.finfo(dtype).tiny
+    # Zeros, subnormals, the floor and its neighbours, and magnitudes from far below to far above.
+    special = torch.tensor([0.0, tiny / 8, tiny, floor / 2, floor, floor * 2, 1e-30, 1e-26, 1e-20, 1.0], dtype=torch.float64)
+    magnitudes = torch.logspace(-45, 2, 20000, dtype=torch.float64)
+    values = torch.cat([special, magnitudes]).to(dtype)
+    values = torch.cat([values, torch.nextafter(values, torch.full_like(values, math.inf))])
+    plain = values.sqrt().add_(eps)
+    floored = values.clamp_min(floor).sqrt().add_(eps)
+    assert torch.equal(floored, plain)
+
+
+def test_sqrt_floor_is_zero_where_no_floor_is_safe():
+    assert optimization.sqrt_floor(torch.float16, 1e-6) == 0.0
+    assert optimization.sqrt_floor(torch.float32, 0.0) == 0.0
+
+
+def test_bert_adam_foreach_with_zero_and_tiny_gradients_matches_the_loop():
+    # Rows of an embedding that no batch used (zero moments) and gradients so small that the
+    # second moment is subnormal: the floor under the square root must not change a bit.
+    start = torch.randn(40, 8)
+    grads = torch.zeros(4, 40, 8)
+    grads[:, :5] = torch.randn(4, 5, 8)
+    grads[:, 5:10] = 1e-20
+    runs = []
+    for foreach in (False, True):
+        weight = start.clone().requires_grad_()
+        optimizer = BertAdam([weight], lr=0.1, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2, foreach=foreach)
+        for grad in grads:
+            weight.grad = grad.clone()
+            optimizer.step()
+        runs.append(weight.detach())
+    tiny_moments = optimizer.state[weight]["exp_avg_sq"][5:10]
+    assert ((tiny_moments > 0) & (tiny_moments < torch.finfo(torch.float32).tiny)).all()
+    torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=0)
 
 
 def test_warmup_cosine_schedule():

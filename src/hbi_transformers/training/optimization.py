@@ -37,7 +37,8 @@ class BertAdam(torch.optim.Optimizer):
     left to a scheduler (see `warmup_cosine_schedule`).
 
     `foreach` (default) updates each parameter group with a few multi-tensor `torch._foreach_*`
-    kernels instead of a dozen small ops per tensor; the arithmetic, and so the update, is the same.
+    kernels instead of a dozen small ops per tensor, on batches of slices that stay in cache; the
+    arithmetic, and so the update, is the same bits, in float32 and float16.
     """
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.98), eps: float = 1e-6, weight_decay: float = 0.2,
@@ -80,21 +81,23 @@ class BertAdam(torch.optim.Optimizer):
         return loss
 
     def _foreach_group_step(self, group: dict) -> None:
-        beta1, beta2 = group["betas"]
         parameters = [parameter for parameter in group["params"] if parameter.grad is not None]
         if not parameters:
             return
         grads = [parameter.grad for parameter in parameters]
+        coefficients = None
         if group["max_grad_norm"] > 0:
             # Each tensor clipped on its own norm, as `clip_grad_norm_` on one tensor does, with
             # the coefficient in the gradient's dtype.
-            by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
-            for grad in grads:
-                by_dtype.setdefault(grad.dtype, []).append(grad)
-            for same_dtype in by_dtype.values():
-                norms = torch.stack(torch._foreach_norm(same_dtype))
-                coefficients = (group["max_grad_norm"] / (norms + 1e-6)).clamp(max=1.0)
-                torch._foreach_mul_(same_dtype, list(coefficients.unbind()))
+            coefficients = [None] * len(grads)
+            by_dtype: dict[torch.dtype, list[int]] = {}
+            for index, grad in enumerate(grads):
+                by_dtype.setdefault(grad.dtype, []).append(index)
+            for indices in by_dtype.values():
+                norms = torch.stack(torch._foreach_norm([grads[index] for index in indices]))
+                clipped = (group["max_grad_norm"] / (norms + 1e-6)).clamp(max=1.0)
+                for index, coefficient in zip(indices, clipped.unbind()):
+                    coefficients[index] = coefficient
         for parameter in parameters:
             state = self.state[parameter]
             if not state:
@@ -102,17 +105,94 @@ class BertAdam(torch.optim.Optimizer):
                 state["exp_avg_sq"] = torch.zeros_like(parameter)
         exp_avgs = [self.state[parameter]["exp_avg"] for parameter in parameters]
         exp_avg_sqs = [self.state[parameter]["exp_avg_sq"] for parameter in parameters]
-        torch._foreach_mul_(exp_avgs, beta1)
-        torch._foreach_add_(exp_avgs, grads, alpha=1 - beta1)
-        torch._foreach_mul_(exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - beta2)
-        denominators = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_add_(denominators, group["eps"])
-        updates = torch._foreach_div(exp_avgs, denominators)
-        if group["weight_decay"] > 0:
-            torch._foreach_add_(updates, torch._foreach_mul(parameters, group["weight_decay"]))
-        # Out of place: the in-place multi-tensor multiply rounds lr to a float16 parameter's dtype.
-        torch._foreach_sub_(parameters, torch._foreach_mul(updates, group["lr"]))
+        # Factors as tensors: the in-place multi-tensor multiply by a number would round it to a
+        # float16 tensor's dtype first (0.9 -> 0.8999, 1e-7 -> 1.19e-7), which the per-tensor
+        # ops do not.
+        beta1, beta2, learning_rate = (
+            torch.tensor(value, device=parameters[0].device) for value in (*group["betas"], group["lr"])
+        )
+        floors = {}
+        if parameters[0].device.type == "cpu":
+            floors = {v.dtype: sqrt_floor(v.dtype, group["eps"]) for v in exp_avg_sqs}
+        for params, grads, exp_avgs, exp_avg_sqs, coefficients in _cache_sized_batches(
+            parameters, grads, exp_avgs, exp_avg_sqs, coefficients
+        ):
+            if coefficients is not None:
+                torch._foreach_mul_(grads, coefficients)
+            torch._foreach_mul_(exp_avgs, beta1)
+            torch._foreach_add_(exp_avgs, grads, alpha=1 - group["betas"][0])
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, value=1 - group["betas"][1])
+            if floors:
+                # The CPU's square root is several times slower on zeros and subnormals (most of
+                # the token embedding's second moments: rows of words never seen): raise them to
+                # a floor whose root vanishes next to eps, which leaves `sqrt(v) + eps` unchanged.
+                denominators = torch._foreach_clamp_min(exp_avg_sqs, [floors[v.dtype] for v in exp_avg_sqs])
+                torch._foreach_sqrt_(denominators)
+            else:
+                denominators = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_add_(denominators, group["eps"])
+            updates = torch._foreach_div(exp_avgs, denominators)
+            if group["weight_decay"] > 0:
+                torch._foreach_add_(updates, torch._foreach_mul(params, group["weight_decay"]))
+            torch._foreach_mul_(updates, learning_rate)
+            torch._foreach_sub_(params, updates)
+
+
+def sqrt_floor(dtype: torch.dtype, eps: float) -> float:
+    """A floor for Adam's second moments `v` that cannot change `sqrt(v) + eps` in `dtype`: a
+    normal number whose root is a quarter of the spacing of floating-point numbers above `eps`, so
+    the sum rounds to `eps` for any `v` below it, as it does for `v` = 0 (both are checked in
+    `dtype`). 0 (no floor) where no such normal number exists, as for float16 or `eps` = 0."""
+    if not dtype.is_floating_point or eps <= 0:
+        return 0.0
+    eps_tensor = torch.tensor(eps, dtype=dtype)
+    spacing = float(torch.nextafter(eps_tensor, torch.tensor(math.inf, dtype=dtype)) - eps_tensor)
+    floor = (spacing / 4) ** 2
+    if floor < torch.finfo(dtype).tiny:
+        return 0.0
+    at_floor, at_zero = torch.tensor([floor, 0.0], dtype=dtype).sqrt().add_(eps)
+    return floor if bool(at_floor == at_zero) else 0.0
+
+
+# Elements per batch of BertAdam's multi-tensor update. Its dozen element-wise passes each stream
+# every tensor through memory; on slices this size (a few MB with moments and temporaries) the
+# passes after the first find the data in cache, and the temporaries are reused, not allocated
+# and page-faulted at the size of the token embedding. A multiple of every SIMD width, so each
+# element goes through the same kernel path as on the whole tensor: the update is the same bits.
+BERT_ADAM_BATCH_ELEMENTS = 1 << 17
+
+
+def _cache_sized_batches(*tensor_lists):
+    """Yields the lists `(params, grads, exp_avgs, exp_avg_sqs, coefficients)` cut into batches of
+    about `BERT_ADAM_BATCH_ELEMENTS` elements: a large tensor as flat slices (views, so in-place
+    updates reach it), small tensors several to a batch. `coefficients` (one scalar tensor per
+    parameter, or None) is repeated for each slice of its parameter."""
+    *tensors, coefficients = tensor_lists
+    batch = [[] for _ in range(5)]
+    size = 0
+    for index, group in enumerate(zip(*tensors)):
+        coefficient = None if coefficients is None else coefficients[index]
+        numel = group[0].numel()
+        if numel <= BERT_ADAM_BATCH_ELEMENTS or not all(tensor.is_contiguous() for tensor in group):
+            pieces = [(group, numel)]
+        else:
+            flat = [tensor.view(-1) for tensor in group]
+            pieces = [
+                (tuple(tensor[start : start + BERT_ADAM_BATCH_ELEMENTS] for tensor in flat),
+                 min(BERT_ADAM_BATCH_ELEMENTS, numel - start))
+                for start in range(0, numel, BERT_ADAM_BATCH_ELEMENTS)
+            ]
+        for piece, piece_size in pieces:
+            for column, tensor in zip(batch, piece):
+                column.append(tensor)
+            batch[4].append(coefficient)
+            size += piece_size
+            if size >= BERT_ADAM_BATCH_ELEMENTS:
+                yield (*batch[:4], None if coefficients is None else batch[4])
+                batch, size = [[] for _ in range(5)], 0
+    if batch[0]:
+        yield (*batch[:4], None if coefficients is None else batch[4])
 
 
 def warmup_cosine(progress: float, warmup: float) -> float:

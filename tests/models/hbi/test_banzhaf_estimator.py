@@ -134,3 +134,26 @@ def test_estimator_has_no_batch_norm():
     assert module.conv_in.kernel_size == (3, 3) and module.conv_in.padding == (1, 1)
     assert module.conv_out.kernel_size == (3, 3) and module.conv_out.padding == (1, 1)
     assert module.query.shape == module.key.shape == module.value.shape == (4, 4)
+
+
+def test_estimator_gradients_match_the_explicit_softmax():
+    module = make_estimator(8, 7).float()
+    similarity_map = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(8))
+    weights = torch.randn(3, 5, 4, generator=torch.Generator().manual_seed(9))
+
+    def explicit(maps):
+        hidden = module.activation(module.conv_in(maps[:, None]))
+        positions = hidden.flatten(2).transpose(1, 2)
+        query, key, value = positions @ module.query, positions @ module.key, positions @ module.value
+        attended = torch.softmax(query @ key.transpose(1, 2), dim=-1) @ value
+        return module.conv_out(hidden + attended.transpose(1, 2).reshape(hidden.shape))[:, 0]
+
+    results = []
+    for forward in (module, explicit):
+        leaf = similarity_map.clone().requires_grad_()
+        module.zero_grad()
+        output = forward(leaf)
+        (output * weights).sum().backward()
+        results.append([output, leaf.grad] + [p.grad.clone() for p in module.parameters()])
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

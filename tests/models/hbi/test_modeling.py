@@ -305,3 +305,44 @@ def test_padding_never_changes_an_output(model):
     clean_out, noisy_out = (seeded_forward(model, inputs, return_loss=True) for inputs in (batch, noisy))
     torch.testing.assert_close(noisy_out.logits_per_text, clean_out.logits_per_text, atol=0, rtol=0)
     torch.testing.assert_close(noisy_out.loss, clean_out.loss, atol=0, rtol=0)
+
+
+def test_vision_tower_sees_one_padding_frame():
+    """Padding frames are all the zero image: the tower runs on the real frames and one padding
+    frame, and every output and gradient is that of running it on every frame."""
+    torch.manual_seed(0)
+    model = HBIModel(tiny_config()).train()
+    batch = make_batch(n_video=4)
+    mask = batch["video_mask"]
+    num_real, num_padding = int(mask.sum()), int((mask == 0).sum())
+    assert num_padding > 1
+    seen = []
+    model.vision_model.register_forward_pre_hook(lambda module, args, kwargs: seen.append(kwargs["pixel_values"].shape[0]),
+                                                 with_kwargs=True)
+    fast = model.get_video_features(batch["pixel_values_videos"], mask, output_hidden_states=True, output_attentions=True)
+    assert seen == [num_real + 1]
+    pixels = (batch["pixel_values_videos"] * mask[:, :, None, None, None]).flatten(0, 1)
+    every_frame = model.vision_model(pixel_values=pixels, output_hidden_states=True, output_attentions=True)
+    assert seen[-1] == mask.numel()
+    n_video, n_frames = mask.shape
+    torch.testing.assert_close(fast.last_hidden_state, every_frame.last_hidden_state.view(n_video, n_frames, -1, 32))
+    for fast_states, slow_states in ((fast.hidden_states, every_frame.hidden_states),
+                                     (fast.attentions, every_frame.attentions)):
+        for fast_state, slow_state in zip(fast_states, slow_states, strict=True):
+            torch.testing.assert_close(fast_state.flatten(0, 1), slow_state)
+
+    weights = torch.randn(n_video * n_frames, 32, generator=torch.Generator().manual_seed(1))
+
+    def tower_grads(pooled):
+        model.zero_grad()
+        (pooled * weights).sum().backward()
+        return {name: p.grad.clone() for name, p in model.vision_model.named_parameters() if p.grad is not None}
+
+    fast_grads = tower_grads(model._vision_tower_per_frame(pixels, mask.flatten()).pooler_output)
+    slow_grads = tower_grads(model.vision_model(pixel_values=pixels).pooler_output)
+    assert fast_grads.keys() == slow_grads.keys() and fast_grads
+    # Sums in another order (the padding frames' gradients add up before the tower): rounding, on
+    # the scale of the largest gradient (some, like the key biases', are 0 but for rounding).
+    scale = max(float(grad.abs().max()) for grad in slow_grads.values())
+    for name, slow in slow_grads.items():
+        torch.testing.assert_close(fast_grads[name], slow, rtol=1e-4, atol=1e-6 * scale, msg=lambda text: f"{name}: {text}")

@@ -577,3 +577,31 @@ def test_token_merge_blocks_chain_like_the_hierarchy():
     assert action.shape == (2, 3, 8) and event.shape == (2, 2, 8)
     torch.testing.assert_close(action, expected_action, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(event, expected_event, rtol=1e-10, atol=1e-10)
+
+
+def test_merged_token_attention_gradients_match_the_explicit_softmax():
+    # float32, as in training, where sdpa may pick a fused kernel: the key scores (learned through
+    # the merge score) must get the gradient of the explicit softmax, and so must everything else.
+    module = make_attention(dim=16, heads=4).float()
+    generator = torch.Generator().manual_seed(57)
+    inputs = [torch.randn(3, 4, 16, generator=generator), torch.randn(3, 9, 16, generator=generator),
+              torch.randn(3, 9, generator=generator)]
+    inputs[2][0, 6:] = -math.inf
+    weights = torch.randn(3, 4, 16, generator=generator)
+
+    def explicit(merged, keys, key_score):
+        heads, width = module.num_heads, module.head_dim
+        query = module.query(module.norm(merged)).view(3, 4, heads, width).transpose(1, 2)
+        key, value = module.key_value(module.norm(keys)).view(3, 9, 2, heads, width).permute(2, 0, 3, 1, 4)
+        logits = (query * module.scale) @ key.transpose(-2, -1) + key_score[:, None, None, :]
+        return merged + module.out_proj((logits.softmax(-1) @ value).transpose(1, 2).reshape(3, 4, 16))
+
+    results = []
+    for forward in (module, explicit):
+        leaves = [tensor.clone().requires_grad_() for tensor in inputs]
+        module.zero_grad()
+        output = forward(*leaves)
+        (output * weights).sum().backward()
+        results.append([output] + [leaf.grad for leaf in leaves] + [p.grad.clone() for p in module.parameters()])
+    for got, expected in zip(*results, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

@@ -7,6 +7,7 @@ labels the teacher is pre-trained on are computed in `hbi_transformers.training.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -44,6 +45,6 @@ class BanzhafEstimator(nn.Module):
         hidden = self.activation(self.conv_in(similarity_map[:, None]))
         positions = hidden.flatten(2).transpose(1, 2)
         query, key, value = positions @ self.query, positions @ self.key, positions @ self.value
-        attended = torch.softmax(query @ key.transpose(1, 2), dim=-1) @ value
+        attended = F.scaled_dot_product_attention(query, key, value, scale=1.0)
         hidden = hidden + attended.transpose(1, 2).reshape(batch_size, self.width, num_words, num_frames)
         return self.conv_out(hidden)[:, 0]

@@ -375,7 +375,7 @@ class HBIModel(HBIPreTrainedModel):
         # change any output (their features still take part where the official code lets them).
         pixel_values_videos = pixel_values_videos * video_mask[:, :, None, None, None].to(pixel_values_videos.dtype)
         pixel_values = pixel_values_videos.flatten(0, 1).to(self.visual_projection.weight.dtype)
-        tower = self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        tower = self._vision_tower_per_frame(pixel_values, video_mask.flatten(), **kwargs)
         frames = self.visual_projection(tower.pooler_output)
         # The official temporal module is outside CLIP: it runs in float32 after CLIP's `.float()`.
         frames = frames.view(batch_size, num_frames, -1).to(self.head_dtype)
@@ -398,6 +398,42 @@ class HBIModel(HBIPreTrainedModel):
             video_embeds=video_embeds,
             video_mask=video_mask,
             frame_embeds=frames,
+        )
+
+    def _vision_tower_per_frame(
+        self, pixel_values: torch.Tensor, frame_mask: torch.Tensor, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """The vision tower's output for every frame `[frames, ...]`. Padding frames are all the
+        same zero image, so the tower sees only one of them and its output is copied to the others
+        (the gradients of the copies add up on it): the same outputs and gradients as running it
+        on every frame, for the cost of the real frames. Not where the frames differ anyway
+        (attention dropout in training) or under tracing (the kept frames are data-dependent)."""
+        shared_padding = not torch.compiler.is_compiling() and not (
+            self.training and self.config.vision_config.attention_dropout > 0
+        )
+        if shared_padding:
+            real = frame_mask.bool()
+            first_padding = ~real & ((~real).cumsum(0) == 1)
+            kept_mask = real | first_padding
+            kept = kept_mask.nonzero().flatten()  # the one host sync: how many frames the tower sees
+            shared_padding = kept.numel() < frame_mask.numel()
+        if not shared_padding:
+            return self.vision_model(pixel_values=pixel_values, return_dict=True, **kwargs)
+        # Each frame's row in the kept frames' output: its own, or the first padding frame's.
+        row = kept_mask.cumsum(0) - 1
+        source = torch.where(real, row, (row * first_padding).sum())
+        tower = self.vision_model(pixel_values=pixel_values[kept], return_dict=True, **kwargs)
+
+        def every_frame(tensors):
+            if tensors is None:
+                return None
+            return tuple(None if t is None else t.index_select(0, source) for t in tensors)
+
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tower.last_hidden_state.index_select(0, source),
+            pooler_output=tower.pooler_output.index_select(0, source),
+            hidden_states=every_frame(tower.hidden_states),
+            attentions=every_frame(tower.attentions),
         )
 
     # ----------------------------------------------------------------------------------------
@@ -691,9 +727,12 @@ def _check_mask(mask: torch.Tensor, kind: str, mask_name: str) -> None:
     which breaks nothing and still refuses the batch; eager, the error names the items."""
     if mask.shape[0] == 0:
         raise ValueError(f"{mask_name} holds no {kind}: the batch is empty")
+    valid = ((mask == 0) | (mask == 1)).all() & (mask.sum(dim=-1) > 0).all()
     if torch.compiler.is_compiling():
-        valid = ((mask == 0) | (mask == 1)).all() & (mask.sum(dim=-1) > 0).all()
         torch._assert_async(valid, f"{mask_name} must hold only 0 and 1, and every {kind} at least one token")
+        return
+    # One host sync for a good mask; the details are looked up only for the error.
+    if valid:
         return
     if ((mask != 0) & (mask != 1)).any():
         raise ValueError(f"{mask_name} must hold only 0 and 1, got values {sorted(mask.unique().tolist())}")

@@ -8,6 +8,7 @@ the official CTM + TCBlock pair, quirks included (see `cluster_tokens_dpc_knn`).
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -127,8 +128,11 @@ class MergedTokenAttention(nn.Module):
         key_value = self.key_value(self.norm(keys)).view(batch_size, num_keys, 2, self.num_heads, self.head_dim)
         query = query.transpose(1, 2)
         key, value = key_value.permute(2, 0, 3, 1, 4)
-        logits = (query * self.scale) @ key.transpose(-2, -1) + key_score[:, None, None, :]
-        attended = (logits.softmax(dim=-1) @ value).transpose(1, 2).reshape(batch_size, num_queries, dim)
+        # The merge score is an additive bias on every query's logits (-inf drops a padding key).
+        attended = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=key_score[:, None, None, :].to(query.dtype), scale=self.scale
+        )
+        attended = attended.transpose(1, 2).reshape(batch_size, num_queries, dim)
         return merged + self.out_proj(attended)
 
 
