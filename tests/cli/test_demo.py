@@ -30,3 +30,37 @@ def test_shortened_default_run(tmp_path, capsys):
     processor = HBIProcessor.from_pretrained(output_dir)
     assert model.config.text_config.vocab_size == len(processor.tokenizer)
     assert (output_dir / "estimator" / "banzhaf_estimator.safetensors").exists()
+
+
+def test_trained_tokenizer_has_a_fixed_layout(tmp_path):
+    """The BPE trainer gives the end-of-word symbols it adds ids in a different order each run; the
+    demo puts them in a fixed order (start / end of text, symbols in byte order, merges in merge
+    order), so that runs with the same merges start from the same embeddings."""
+    from transformers import CLIPTokenizer
+
+    from hbi_transformers.apps.demo import DemoSettings, caption_tokenizer
+    from hbi_transformers.data import clip_vocabulary
+
+    captions = [
+        "a red square moves left, then the blue circle grows.",
+        "the green triangle spins and a yellow star shrinks",
+        "an orange heart jumps up; then a purple cross turns white",
+        "a white disk fades out, and the black box slides right",
+    ] * 5
+    settings = DemoSettings(tokenizer_name_or_path=str(tmp_path / "absent"))
+    base_order = CLIPTokenizer(vocab=clip_vocabulary([]), merges=[]).get_vocab()
+    symbol_ids = []
+    for _ in range(3):
+        tokenizer = caption_tokenizer(settings, captions)
+        vocab = tokenizer.get_vocab()
+        merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+        merged = ["".join(merge.split(" ") if isinstance(merge, str) else merge) for merge in merges]
+        ordered = sorted(vocab, key=vocab.get)
+        symbols = ordered[2 : len(ordered) - len(merged)]
+        assert ordered[:2] == ["<|startoftext|>", "<|endoftext|>"]
+        assert symbols == sorted(symbols, key=base_order.get) and ordered[len(symbols) + 2 :] == merged
+        symbol_ids.append({symbol: vocab[symbol] for symbol in symbols})
+        ids = tokenizer(captions[0])["input_ids"]
+        assert ids[0] == tokenizer.bos_token_id == 0 and ids[-1] == tokenizer.eos_token_id == 1
+        assert tokenizer.decode(ids, skip_special_tokens=True).replace(" ", "") == captions[0].replace(" ", "")
+    assert symbol_ids[0] == symbol_ids[1] == symbol_ids[2]

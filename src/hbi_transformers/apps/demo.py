@@ -48,12 +48,14 @@ class DemoSettings:
     )
     hidden_size: int = field(default=128, metadata={"help": "Width of both towers and of the joint space."})
     num_layers: int = field(default=4, metadata={"help": "Layers of each tower."})
-    image_size: int = field(default=48, metadata={"help": "Frames are resized and cropped to this (16-pixel patches)."})
+    image_size: int = field(
+        default=32, metadata={"help": "Frames are resized and cropped to this (16-pixel patches: 32 gives 4 per frame)."}
+    )
     max_frames: int = field(default=8, metadata={"help": "Frames per clip."})
     video_framerate: float = field(default=2.0, metadata={"help": "Frames sampled per second."})
     estimator_epochs: int = field(default=3, metadata={"help": "Banzhaf estimator pre-training epochs."})
     estimator_samples: int = field(default=20, metadata={"help": "Monte Carlo samples per label."})
-    train_epochs: float = field(default=15.0, metadata={"help": "HBI training epochs."})
+    train_epochs: float = field(default=12.0, metadata={"help": "HBI training epochs."})
     batch_size: int = field(default=32)
     learning_rate: float = field(default=1e-3, metadata={"help": "Towers trained from scratch: coef_lr is 1."})
     seed: int = field(default=0)
@@ -67,7 +69,20 @@ def caption_tokenizer(args: DemoSettings, captions: list[str]):
         logger.warning(f"using the CLIP tokenizer in {args.tokenizer_name_or_path} ({len(tokenizer)} tokens)")
         return tokenizer
     byte_level = CLIPTokenizer(vocab=clip_vocabulary([]), merges=[])
-    tokenizer = byte_level.train_new_from_iterator(captions, vocab_size=1000)
+    trained = byte_level.train_new_from_iterator(captions, vocab_size=1000)
+    # The ids the trainer gives the end-of-word symbols it adds come in a different order each run
+    # (and with them the embedding row each starts from, and the demo's results): the same
+    # vocabulary with those ids in byte order tokenizes identically. Merges keep their order, which
+    # is the same every run on the corpus captions (pairs of equal counts could swap elsewhere).
+    merges = [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge)
+              for merge in json.loads(trained.backend_tokenizer.to_str())["model"]["merges"]]
+    specials = [trained.bos_token, trained.eos_token]
+    merged = ["".join(merge) for merge in merges]
+    base_order = byte_level.get_vocab()
+    symbols = sorted(set(trained.get_vocab()) - set(specials) - set(merged),
+                     key=lambda token: (base_order.get(token, len(base_order)), token))
+    ordered = specials + symbols + merged
+    tokenizer = CLIPTokenizer(vocab={token: index for index, token in enumerate(ordered)}, merges=merges)
     logger.warning(f"no CLIP tokenizer at {args.tokenizer_name_or_path}: trained one on the captions "
                    f"({len(tokenizer)} tokens)")
     return tokenizer
@@ -155,7 +170,8 @@ def run_demo(args: DemoSettings) -> dict:
         model=model,
         args=training_args,
         train_dataset=load_video_text_dataset(corpus["train"], video_root=corpus["output_dir"]),
-        data_collator=HBIDataCollator(processor, cache_videos=True),
+        # The collator that labelled the training pairs: its cache already holds their clips.
+        data_collator=eval_collator,
         processing_class=processor,
     )
     trainer.train()
