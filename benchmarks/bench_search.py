@@ -3,6 +3,7 @@ two-stage search against exhaustive HBI scoring of the whole index, build rate a
 
     python benchmarks/bench_search.py                                   # 100k entries
     python benchmarks/bench_search.py --sizes 1000000 --pools 100 200
+    python benchmarks/bench_search.py --sizes 1000000 --keep DIR --index-type ivf_rq --rq-bits 2
     python benchmarks/bench_search.py --sizes 20000 --features iid
     python benchmarks/bench_search.py --sizes 1000000 --keep /data/bench   # build once, query again later
 
@@ -21,11 +22,11 @@ first stage.
 For each pool size, recall@k is the share of the exhaustive top-k that the two-stage search
 returns (over `--queries` queries scored together), top-1 the share of queries whose best hit is
 the same. Latency is one query at a time (`--repeats` of them, configurations interleaved), as
-p50 and p95; run with `taskset -c 0,1` for 2 cores. `--efs` sweeps the first stage's graph
-search list (`search(..., ef=)`); `--keep DIR` builds each size's index in DIR and reuses it when
-it is already there, whole. `--index-type` replaces the index's first-stage vector index by
-another kind of the engine's (the comparison behind the choice of HNSW), searched with
-`--nprobes` / `--refine-factor`.
+p50 and p95; run with `taskset -c 0,1` for 2 cores. `--keep DIR` builds each size's index in DIR
+and reuses it when it is already there, whole. `--index-type` replaces the index's first-stage
+vector index by another kind of the engine's (the comparison behind the choice of 4-bit RaBitQ
+codes: IVF with `sqrt(n)` partitions, or RaBitQ with `--rq-bits`), searched with `--nprobes` /
+`--refine-factor`.
 """
 
 import argparse
@@ -43,7 +44,8 @@ from bench_eval import build_model  # the scoring model of the evaluation benchm
 from hbi_transformers.models.hbi.modeling_hbi import HBITextOutput, HBIVideoOutput
 from hbi_transformers.apps.search import VideoIndex, search_by_text_features
 from hbi_transformers.apps.search.index import remove_index
-from hbi_transformers.apps.search.rank import DEFAULT_EF, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR
+from hbi_transformers.apps.search.writing import RQ_BITS
+from hbi_transformers.apps.search.rank import DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR
 
 DIM, FRAMES, WORDS = 512, 12, 24
 VIDEOS_PER_TOPIC = 10
@@ -108,18 +110,20 @@ def build(folder: Path, model, blocks, size: int, batch_rows: int, ann_min_rows:
     return VideoIndex.open(folder)
 
 
-def replace_vector_index(index: VideoIndex, kind: str) -> VideoIndex:
-    """The index with its first-stage vector index rebuilt as `kind` (sqrt(n) partitions for the
-    IVF kinds, 64 PQ sub-vectors)."""
+def replace_vector_index(index: VideoIndex, kind: str, rq_bits: int) -> VideoIndex:
+    """The index with its first-stage vector index rebuilt as `kind` (sqrt(n) partitions for
+    IVF_PQ and IVF_FLAT, 64 PQ sub-vectors; the index's own partitions and `rq_bits` for RaBitQ)."""
     from lancedb.index import IvfFlat, IvfPq
 
-    from hbi_transformers.apps.search.writing import ann_index_config
+    from hbi_transformers.apps.search.writing import create_ann_index
 
     partitions = max(1, round(len(index) ** 0.5))
-    config = {"hnsw": lambda: ann_index_config(len(index)),
-              "ivf_pq": lambda: IvfPq(distance_type="dot", num_partitions=partitions, num_sub_vectors=DIM // 8),
-              "ivf_flat": lambda: IvfFlat(distance_type="dot", num_partitions=partitions)}[kind]()
-    index.table.create_index("pooled", config=config, replace=True)
+    if kind == "ivf_rq":
+        create_ann_index(index.dataset, len(index), rq_bits, replace=True)
+    else:
+        config = {"ivf_pq": lambda: IvfPq(distance_type="dot", num_partitions=partitions, num_sub_vectors=DIM // 8),
+                  "ivf_flat": lambda: IvfFlat(distance_type="dot", num_partitions=partitions)}[kind]()
+        index.table.create_index("pooled", config=config, replace=True)
     return VideoIndex.open(index.index_dir)
 
 
@@ -153,17 +157,17 @@ def query(texts: HBITextOutput, index: int) -> HBITextOutput:
 
 
 def latencies_ms(index, texts, model, top_k, chunk_size, configurations, repeats, first_stage) -> dict:
-    """p50 and p95 single-query times of each (pool, ef) (pool None: exhaustive), configurations
+    """p50 and p95 single-query times of each pool size (None: exhaustive), configurations
     interleaved."""
     times = {configuration: [] for configuration in configurations}
     for repeat in range(repeats):
         one_query = query(texts, repeat % texts.text_embeds.shape[0])
-        for pool, ef in configurations:
+        for pool in configurations:
             if pool is None and repeat >= 3:
                 continue  # seconds each: three are enough to show the gap
             start = time.perf_counter()
-            search_by_text_features(index, one_query, model, top_k, chunk_size, pool, ef=ef, **first_stage)
-            times[pool, ef].append(1000 * (time.perf_counter() - start))
+            search_by_text_features(index, one_query, model, top_k, chunk_size, pool, **first_stage)
+            times[pool].append(1000 * (time.perf_counter() - start))
     return {configuration: (statistics.median(values),
                             statistics.quantiles(values, n=20)[-1] if len(values) > 1 else values[0])
             for configuration, values in times.items()}
@@ -195,9 +199,9 @@ def main():
     parser.add_argument("--batch-rows", type=int, default=4096)
     parser.add_argument("--ann-min-rows", type=int, default=50000)
     parser.add_argument("--chunk-size", type=int, default=1024)
-    parser.add_argument("--efs", type=int, nargs="+", default=[DEFAULT_EF], help="graph search lists to compare")
-    parser.add_argument("--index-type", choices=["hnsw", "ivf_pq", "ivf_flat"], default=None,
+    parser.add_argument("--index-type", choices=["ivf_rq", "ivf_pq", "ivf_flat"], default=None,
                         help="rebuild the first-stage vector index as this kind (default: as built)")
+    parser.add_argument("--rq-bits", type=int, default=RQ_BITS, help="bits per dimension of --index-type ivf_rq")
     parser.add_argument("--nprobes", type=int, default=DEFAULT_NPROBES)
     parser.add_argument("--refine-factor", type=int, default=DEFAULT_REFINE_FACTOR)
     parser.add_argument("--folder", default=None, help="where to build (default: a temporary folder)")
@@ -217,7 +221,7 @@ def main():
                                                       args.batch_rows, args.ann_min_rows)
             if args.index_type:
                 start = time.perf_counter()
-                index = replace_vector_index(index, args.index_type)
+                index = replace_vector_index(index, args.index_type, args.rq_bits)
                 print(f"  {args.index_type} vector index built in {time.perf_counter() - start:.0f} s", flush=True)
             first_stage = {"nprobes": args.nprobes, "refine_factor": args.refine_factor}
             texts = HBITextOutput(text_embeds=texts.text_embeds.to(args.device),
@@ -229,19 +233,19 @@ def main():
             start = time.perf_counter()
             exhaustive = top_ids(search_by_text_features(index, texts, model, args.top_k, args.chunk_size))
             print(f"  exhaustive HBI scoring of {args.queries} queries: {time.perf_counter() - start:.0f} s", flush=True)
-            configurations = [(None, DEFAULT_EF)] + [(pool, ef) for pool in args.pools if pool <= size for ef in args.efs]
+            configurations = [None] + [pool for pool in args.pools if pool <= size]
             milliseconds = latencies_ms(index, texts, model, args.top_k, args.chunk_size, configurations, args.repeats,
                                         first_stage)
-            print(f"{'entries':>8}  {'search':<10}  {'pool':>6}  {'ef':>5}  {'recall@' + str(args.top_k):>9}  "
+            print(f"{'entries':>8}  {'search':<10}  {'pool':>6}  {'recall@' + str(args.top_k):>9}  "
                   f"{'top-1':>6}  {'p50 ms':>8}  {'p95 ms':>8}")
-            p50, p95 = milliseconds[None, DEFAULT_EF]
-            print(f"{size:>8}  {'exhaustive':<10}  {'-':>6}  {'-':>5}  {100.0:>9.1f}  {100.0:>6.1f}  {p50:>8.0f}  {p95:>8.0f}")
-            for pool, ef in configurations[1:]:
-                two_stage = top_ids(search_by_text_features(index, texts, model, args.top_k, args.chunk_size, pool, ef=ef,
+            p50, p95 = milliseconds[None]
+            print(f"{size:>8}  {'exhaustive':<10}  {'-':>6}  {100.0:>9.1f}  {100.0:>6.1f}  {p50:>8.0f}  {p95:>8.0f}")
+            for pool in configurations[1:]:
+                two_stage = top_ids(search_by_text_features(index, texts, model, args.top_k, args.chunk_size, pool,
                                                             **first_stage))
                 recall, top1 = agreement(exhaustive, two_stage, args.top_k)
-                p50, p95 = milliseconds[pool, ef]
-                print(f"{size:>8}  {'two-stage':<10}  {pool:>6}  {ef:>5}  {recall:>9.1f}  {top1:>6.1f}  {p50:>8.1f}  "
+                p50, p95 = milliseconds[pool]
+                print(f"{size:>8}  {'two-stage':<10}  {pool:>6}  {recall:>9.1f}  {top1:>6.1f}  {p50:>8.1f}  "
                       f"{p95:>8.1f}", flush=True)
 
 if __name__ == "__main__":

@@ -515,7 +515,7 @@ def test_row_checksums_change_with_any_byte_of_their_row_only(tmp_path):
         assert changed(name, altered) == [5], name
 
 
-def test_the_first_stage_graph_finds_the_pool_and_takes_new_files(model, processor, video_folder, tmp_path):
+def test_the_first_stage_index_finds_the_pool_and_takes_new_files(model, processor, video_folder, tmp_path):
     index_dir = tmp_path / "index"
     build_index(video_folder, model, processor, index_dir, ann_min_rows=4, progress=False)
     assert VideoIndex.open(index_dir).has_ann_index()
@@ -523,11 +523,30 @@ def test_the_first_stage_graph_finds_the_pool_and_takes_new_files(model, process
     build_index(video_folder, model, processor, index_dir, ann_min_rows=4, progress=False)
     index = VideoIndex.open(index_dir)
     assert index.has_ann_index() and len(index) == 6
+    assert {described.index_type for described in index.dataset.describe_indices()} == {"IVF_RQ"}
     exhaustive = search(index_dir, QUERIES, model, processor, top_k=6)
-    # A graph search whose candidate list covers the index returns every entry, the new one too.
+    # A pool that covers the index returns every entry, the new one too.
     assert_same_hits(search(index_dir, QUERIES, model, processor, top_k=6, candidates=6), exhaustive)
-    with pytest.raises(ValueError, match="ef must be at least 1"):
-        search(index_dir, QUERIES, model, processor, top_k=6, candidates=6, ef=0)
+    with pytest.raises(ValueError, match="nprobes must be at least 1"):
+        search(index_dir, QUERIES, model, processor, top_k=6, candidates=6, nprobes=0)
+
+
+def test_an_earlier_releases_graph_index_is_searched_exactly_then_rebuilt(
+    model, processor, video_folder, tmp_path, caplog
+):
+    from lancedb.index import HnswSq
+
+    index_dir = tmp_path / "index"
+    build_index(video_folder, model, processor, index_dir, ann_min_rows=4, progress=False)
+    VideoIndex.open(index_dir).table.create_index("pooled", config=HnswSq(distance_type="dot"), replace=True)
+    exhaustive = search(index_dir, QUERIES, model, processor, top_k=3)
+    with caplog.at_level("WARNING", logger="hbi_transformers.apps.search.index"):
+        two_stage = search(index_dir, QUERIES, model, processor, top_k=3, candidates=5)
+    assert "IVF_HNSW_SQ, from an earlier release" in caplog.text and "hbi-index" in caplog.text
+    # The exact scan's pool of 5 of the 5 entries ranks exactly as the exhaustive search.
+    assert_same_hits(two_stage, exhaustive)
+    build_index(video_folder, model, processor, index_dir, ann_min_rows=4, progress=False)
+    assert {described.index_type for described in VideoIndex.open(index_dir).dataset.describe_indices()} == {"IVF_RQ"}
 
 
 def test_an_index_of_the_previous_table_version_is_refused_with_the_rebuild_command(

@@ -35,7 +35,8 @@ class IndexArguments:
     batch_rows: int = field(default=DEFAULT_BATCH_ROWS, metadata={"help": "Entries per commit."})
     storage_dtype: str = field(default="float32", metadata={"help": "float32 or float16 (half the disk) tokens."})
     ann_min_rows: int = field(
-        default=DEFAULT_ANN_MIN_ROWS, metadata={"help": "Build the first stage's HNSW index from this many entries on."}
+        default=DEFAULT_ANN_MIN_ROWS,
+        metadata={"help": "Build the first stage's vector index (RaBitQ codes) from this many entries on."},
     )
     rebuild: bool = field(
         default=False,

@@ -7,7 +7,7 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from ..apps.search import SearchHit, VideoIndex, format_search_results, search, search_results_to_json
-from ..apps.search.rank import DEFAULT_CHUNK_SIZE, DEFAULT_EF, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR
+from ..apps.search.rank import DEFAULT_CHUNK_SIZE, DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR
 from .arguments import ParallelismArguments, configure_parallelism
 from .loading import load_model_and_processor
 
@@ -37,14 +37,12 @@ class SearchArguments:
             "help": "Two-stage search: re-rank only this many pooled-embedding candidates; None: score every entry."
         },
     )
-    nprobes: int = field(default=DEFAULT_NPROBES, metadata={"help": "First-stage graphs (IVF partitions) searched."})
+    nprobes: int | None = field(
+        default=DEFAULT_NPROBES, metadata={"help": "First-stage index partitions scanned; None: every one."}
+    )
     refine_factor: int | None = field(
         default=DEFAULT_REFINE_FACTOR,
         metadata={"help": "Approximate first-stage neighbours re-ranked on exact vectors, per candidate; None: none."},
-    )
-    ef: int = field(
-        default=DEFAULT_EF,
-        metadata={"help": "Candidate list of the first stage's graph search (at least candidates x refine_factor)."},
     )
     chunk_size: int = field(default=DEFAULT_CHUNK_SIZE, metadata={"help": "Texts x videos per scoring block."})
     as_json: bool = field(default=False, metadata={"help": "Print JSON instead of a table.", "aliases": ["--json"]})
@@ -69,7 +67,7 @@ def run(argv: list[str] | None = None) -> list[list[SearchHit]]:
     results = search(
         positional.index, positional.queries, model, processor, top_k=args.top_k,
         chunk_size=args.chunk_size, candidates=args.candidates,
-        nprobes=args.nprobes, refine_factor=args.refine_factor, ef=args.ef,
+        nprobes=args.nprobes, refine_factor=args.refine_factor,
     )
     if args.as_json:
         print(json.dumps(search_results_to_json(positional.queries, results), indent=2))

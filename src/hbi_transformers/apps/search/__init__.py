@@ -18,7 +18,9 @@ own videos"):
   of at every search (each level's token weights and the merged, L2-normalised tokens of the
   levels above the entity level, from `HBIModel.video_levels`), `pooled`, the first-stage vector,
   and `checksum`, a digest of the row that every read checks. From `DEFAULT_ANN_MIN_ROWS` rows on
-  the table carries an HNSW index over `pooled` (`writing.ann_index_config`).
+  the table carries a vector index over `pooled`: 4-bit RaBitQ codes of every row
+  (`writing.create_ann_index`); one of an earlier release's kind (HNSW) is searched exactly, with
+  a warning, and rebuilt by the next `build_index`.
 - `write.lock`: the write lock (`fcntl`), held by the one process changing the index.
 
 An entry is a whole video, or with `segment_seconds` one fixed window of it, so that a hit
@@ -39,7 +41,7 @@ level's weighted token-wise interaction, fused with `config.level_weights` and s
 model), from the stored video levels: a search is matrix products only, where
 `compute_similarity` would merge every video's tokens again. It scans the table in batches with
 a running top-k. With `candidates=N` a first stage asks the engine for each query's N nearest
-rows by pooled vectors (the HNSW index, or an exact scan below its size) and only those are
+rows by pooled vectors (a scan of the RaBitQ codes, or an exact scan below the index's size) and only those are
 scored with HBI. NaN scores rank after every real one. `results` holds what both return
 (`IndexReport`, `SearchHit`) and their JSON and table forms.
 

@@ -143,7 +143,7 @@ def build_index(
         hash_contents: also record a hash of each file's bytes, so that a file whose modification
             time changed but whose contents did not (a copy, a `touch`) is not re-encoded.
         storage_dtype: "float32" or "float16" for the stored tokens (half the disk).
-        ann_min_rows: build the first stage's approximate (HNSW) index from this many entries on.
+        ann_min_rows: build the first stage's approximate (RaBitQ) index from this many entries on.
         rebuild: delete what the folder holds of an index (this format or the earlier one, damaged
             or not) and encode everything again.
 

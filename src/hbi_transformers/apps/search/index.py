@@ -3,6 +3,7 @@ before it is trusted (`writing.IndexWriter` changes it)."""
 
 import itertools
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -17,6 +18,8 @@ from ...models.hbi.wti import LevelTokens, l2_normalize
 from ...training.model_identity import model_identity
 from .identity import check_same_model
 
+logger = logging.getLogger(__name__)
+
 INDEX_FORMAT = "hbi-video-index"
 INDEX_VERSION = 3
 INFO_NAME = "index.json"
@@ -26,9 +29,12 @@ LOCK_NAME = "write.lock"
 OLD_MANIFEST_NAME = "manifest.json"
 OLD_SHARD_GLOB = "shard-*.safetensors*"
 DEFAULT_BATCH_ROWS = 1024
-# The first stage gets an approximate (HNSW) index from this many rows on; below, an exact scan
+# The first stage gets an approximate (RaBitQ) index from this many rows on; below, an exact scan
 # of the pooled vectors costs less than the index's own overhead (benchmarks/bench_search.py).
 DEFAULT_ANN_MIN_ROWS = 50_000
+# The kind of that index (`writing.create_ann_index`), and an `nprobes` above any partition count.
+FIRST_STAGE_INDEX_TYPE = "IVF_RQ"
+EVERY_PARTITION = 1 << 30
 STORAGE_DTYPES = {"float32": (torch.float32, pa.float32()), "float16": (torch.float16, pa.float16())}
 # Columns of the stored model outputs: flattened per row, shaped by the index's `shapes`.
 VECTOR_COLUMNS = ("video_embeds", "video_mask", "pooled", *(f"{name}_weights" for name in LEVEL_NAMES),
@@ -306,16 +312,31 @@ class VideoIndex:
         self._verify(rows)
         return rows
 
-    def nearest(self, vector: np.ndarray, k: int, nprobes: int, refine_factor: int | None, ef: int) -> pa.Table:
+    def nearest(self, vector: np.ndarray, k: int, nprobes: int | None, refine_factor: int | None) -> pa.Table:
         """The `k` rows (checked) with the largest dot product of their pooled vector with
-        `vector`: by the ANN index when there is one, else by an exact scan. The graph search
-        keeps at least the `k` x `refine_factor` neighbours it hands over for re-ranking (None: no
-        re-ranking, the index's own quantised distances decide)."""
-        query = {"column": "pooled", "q": vector, "k": k, "metric": "dot", "nprobes": nprobes,
-                 "refine_factor": refine_factor, "ef": max(ef, k * (refine_factor or 1))}
+        `vector`: by the ANN index when there is one (`nprobes` of its partitions scanned, None:
+        all; with a `refine_factor`, `k` x `refine_factor` approximate neighbours re-ranked on the
+        exact vectors, else the index's quantised distances decide), else by an exact scan. An
+        index of an earlier release's kind (HNSW) is not used: the scan is exact, with a warning
+        naming the command that rebuilds it."""
+        query = {"column": "pooled", "q": vector, "k": k, "metric": "dot", "refine_factor": refine_factor,
+                 # The engine probes min(nprobes, partitions): the bound scans every partition.
+                 "nprobes": nprobes or EVERY_PARTITION, "use_index": not self._outdated_ann_index()}
         rows = self._guarded(lambda: self.dataset.to_table(nearest=query, with_row_id=True))
         self._verify(rows)
         return rows
+
+    def _outdated_ann_index(self) -> bool:
+        if not hasattr(self, "_outdated"):
+            kinds = {index.index_type for index in self.dataset.describe_indices()}
+            self._outdated = bool(kinds) and FIRST_STAGE_INDEX_TYPE not in kinds
+            if self._outdated:
+                logger.warning(
+                    "the first-stage index of %s is %s, from an earlier release: searching its pooled vectors "
+                    "exactly (slower). Running hbi-index on it again rebuilds it as %s (about 30 s per "
+                    "million entries).", self.index_dir, ", ".join(sorted(kinds)), FIRST_STAGE_INDEX_TYPE,
+                )
+        return self._outdated
 
     def _verify(self, rows) -> None:
         stored = rows.column("checksum").to_pylist()

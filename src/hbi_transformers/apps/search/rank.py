@@ -18,10 +18,10 @@ from .index import VideoIndex
 from .results import SearchHit
 
 DEFAULT_CHUNK_SIZE = 1024
-# Graphs (IVF partitions) searched, approximate neighbours re-ranked on the exact pooled vectors per
-# candidate kept (none: at 100,000 entries re-ranking 2 per candidate cost 10 ms a query and kept
-# the same pool), and the graph search's candidate list (benchmarks/bench_search.py, README).
-DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR, DEFAULT_EF = 20, None, 300
+# Partitions scanned (None: every one), and approximate neighbours re-ranked on the exact pooled
+# vectors per candidate kept (none: at 10^6 entries, 4-bit codes alone kept 97.2% recall@10 with
+# 100 candidates; re-ranking 2 per candidate cost 8 ms a query for 97.8%; benchmarks/bench_search.py).
+DEFAULT_NPROBES, DEFAULT_REFINE_FACTOR = None, None
 
 
 class _RunningTopK:
@@ -52,9 +52,8 @@ def search(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     candidates: int | None = None,
     progress: bool = False,
-    nprobes: int = DEFAULT_NPROBES,
+    nprobes: int | None = DEFAULT_NPROBES,
     refine_factor: int | None = DEFAULT_REFINE_FACTOR,
-    ef: int = DEFAULT_EF,
 ) -> list[list[SearchHit]]:
     """Ranks the entries of an index for each query with the full HBI score.
 
@@ -68,10 +67,10 @@ def search(
         chunk_size: texts x videos per block of the word-frame interaction (bounds its memory).
         candidates: two-stage search: score with HBI only the `candidates` best entries of each
             query by pooled embeddings (see `pooled_embeddings`); None scores every entry.
-            The pool comes from the engine's vector search: its HNSW index when the index has
-            one (`nprobes` graphs searched with a candidate list of `ef`; with a `refine_factor`,
-            at least `refine_factor` x `candidates` and that many approximate neighbours
-            re-ranked on the exact vectors), else an exact scan; with an exact scan a pool covering the index gives
+            The pool comes from the engine's vector search: its RaBitQ index when the index
+            has one (`nprobes` of its partitions scanned, None: all; with a `refine_factor`,
+            `refine_factor` x `candidates` approximate neighbours re-ranked on the exact
+            vectors), else an exact scan; with an exact scan a pool covering the index gives
             exactly the exhaustive ranking.
         progress: show a progress bar over the batches of an exhaustive search.
 
@@ -90,7 +89,7 @@ def search(
             text_outputs = model.get_text_features(
                 tokens["input_ids"].to(model.device), tokens["attention_mask"].to(model.device)
             )
-        return _rank(index, text_outputs, model, top_k, chunk_size, candidates, (nprobes, refine_factor, ef), progress)
+        return _rank(index, text_outputs, model, top_k, chunk_size, candidates, (nprobes, refine_factor), progress)
     finally:
         model.train(was_training)
 
@@ -103,15 +102,14 @@ def search_by_text_features(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     candidates: int | None = None,
     progress: bool = False,
-    nprobes: int = DEFAULT_NPROBES,
+    nprobes: int | None = DEFAULT_NPROBES,
     refine_factor: int | None = DEFAULT_REFINE_FACTOR,
-    ef: int = DEFAULT_EF,
 ) -> list[list[SearchHit]]:
     """`search` for queries already encoded with `model.get_text_features` (model in eval mode)."""
     if not isinstance(index, VideoIndex):
         index = VideoIndex.open(index)
     index.check_model(model)
-    return _rank(index, text_outputs, model, top_k, chunk_size, candidates, (nprobes, refine_factor, ef), progress)
+    return _rank(index, text_outputs, model, top_k, chunk_size, candidates, (nprobes, refine_factor), progress)
 
 
 @torch.no_grad()
@@ -120,7 +118,7 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
         raise ValueError(f"top_k must be at least 1, got {top_k}")
     if candidates is not None and candidates < top_k:
         raise ValueError(f"candidates ({candidates}) must be at least top_k ({top_k})")
-    for name, value in zip(("nprobes", "refine_factor", "ef"), first_stage):
+    for name, value in zip(("nprobes", "refine_factor"), first_stage):
         if value is not None and value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     num_queries = text_outputs.text_embeds.shape[0]
@@ -161,12 +159,12 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
     return _hits(index, model, text_levels, best, hit_rows, chunk_size)
 
 
-def _first_stage_pool(index: VideoIndex, text_entity: LevelTokens, candidates: int, nprobes: int,
-                      refine_factor: int | None, ef: int):
+def _first_stage_pool(index: VideoIndex, text_entity: LevelTokens, candidates: int, nprobes: int | None,
+                      refine_factor: int | None):
     """The rows some query keeps among its `candidates` best by pooled embeddings (through the
     engine's vector search), and `[queries, rows]` flags of whose pool each row is in."""
     query_vectors = pooled_embeddings(text_entity).float().cpu().numpy()
-    pools = [index.nearest(vector, candidates, nprobes, refine_factor, ef) for vector in query_vectors]
+    pools = [index.nearest(vector, candidates, nprobes, refine_factor) for vector in query_vectors]
     position_of, pieces, members = {}, [], []
     for query, rows in enumerate(pools):
         row_ids = rows.column("_rowid").to_pylist()
