@@ -117,10 +117,10 @@ def replace_vector_index(index: VideoIndex, kind: str, rq_bits: int) -> VideoInd
 
     from hbi_transformers.apps.search.writing import create_ann_index
 
-    partitions = max(1, round(len(index) ** 0.5))
     if kind == "ivf_rq":
         create_ann_index(index.dataset, len(index), rq_bits, replace=True)
     else:
+        partitions = max(1, round(len(index) ** 0.5))
         config = {"ivf_pq": lambda: IvfPq(distance_type="dot", num_partitions=partitions, num_sub_vectors=DIM // 8),
                   "ivf_flat": lambda: IvfFlat(distance_type="dot", num_partitions=partitions)}[kind]()
         index.table.create_index("pooled", config=config, replace=True)

@@ -1,6 +1,7 @@
 """The index on disk (see the package docstring for the layout): `VideoIndex` to read it, checked
 before it is trusted (`writing.IndexWriter` changes it)."""
 
+import functools
 import itertools
 import json
 import logging
@@ -321,22 +322,23 @@ class VideoIndex:
         naming the command that rebuilds it."""
         query = {"column": "pooled", "q": vector, "k": k, "metric": "dot", "refine_factor": refine_factor,
                  # The engine probes min(nprobes, partitions): the bound scans every partition.
-                 "nprobes": nprobes or EVERY_PARTITION, "use_index": not self._outdated_ann_index()}
+                 "nprobes": nprobes or EVERY_PARTITION, "use_index": not self._outdated_ann_index}
         rows = self._guarded(lambda: self.dataset.to_table(nearest=query, with_row_id=True))
         self._verify(rows)
         return rows
 
+    @functools.cached_property
     def _outdated_ann_index(self) -> bool:
-        if not hasattr(self, "_outdated"):
-            kinds = {index.index_type for index in self.dataset.describe_indices()}
-            self._outdated = bool(kinds) and FIRST_STAGE_INDEX_TYPE not in kinds
-            if self._outdated:
-                logger.warning(
-                    "the first-stage index of %s is %s, from an earlier release: searching its pooled vectors "
-                    "exactly (slower). Running hbi-index on it again rebuilds it as %s (about 30 s per "
-                    "million entries).", self.index_dir, ", ".join(sorted(kinds)), FIRST_STAGE_INDEX_TYPE,
-                )
-        return self._outdated
+        """Whether the vector index is of an earlier release's kind (warned about once)."""
+        kinds = {index.index_type for index in self.dataset.describe_indices()}
+        outdated = bool(kinds) and FIRST_STAGE_INDEX_TYPE not in kinds
+        if outdated:
+            logger.warning(
+                "the first-stage index of %s is %s, from an earlier release: searching its pooled vectors "
+                "exactly (slower). Running hbi-index on it again rebuilds it as %s (about 30 s per "
+                "million entries).", self.index_dir, ", ".join(sorted(kinds)), FIRST_STAGE_INDEX_TYPE,
+            )
+        return outdated
 
     def _verify(self, rows) -> None:
         stored = rows.column("checksum").to_pylist()

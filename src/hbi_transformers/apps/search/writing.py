@@ -186,16 +186,17 @@ class IndexWriter:
 
     def maintain_ann_index(self, min_rows: int) -> None:
         """Builds the first stage's vector index (RaBitQ codes of the pooled vectors,
-        `ann_index_config`) once the table has `min_rows` rows, and folds new rows into it (with the
+        `create_ann_index`) once the table has `min_rows` rows, and folds new rows into it (with the
         compaction of small commits) afterwards. An index of another kind (the HNSW graphs of
         earlier releases) is rebuilt."""
         if self.table is None:
             return
         count = self.table.count_rows()
-        indices = self.table.to_lance().describe_indices()
+        dataset = self.table.to_lance()
+        indices = dataset.describe_indices()
         has_index = bool(indices)
         if has_index and indices[0].index_type != FIRST_STAGE_INDEX_TYPE:
-            create_ann_index(self.table.to_lance(), count, replace=True)
+            create_ann_index(dataset, count, replace=True)
         elif not has_index and count >= min_rows:
             # One file per commit until now: compacted first, a search's take of its candidate rows
             # reads one fragment instead of one per commit (12 -> 5 ms for 100 rows of 98 commits).
