@@ -88,7 +88,8 @@ def test_bert_adam_foreach_matches_the_per_tensor_loop(dtype, batch_elements, mo
             {"params": weights[:2] + weights[4:], "weight_decay": 0.2},
             {"params": weights[2:4], "weight_decay": 0.0, "max_grad_norm": 0.0, "lr": 0.05},
         ]
-        optimizer = BertAdam(groups, lr=0.1, betas=(0.9, 0.98), eps=1e-6, max_grad_norm=1.0, foreach=foreach)
+        optimizer = BertAdam(groups, lr=0.1, betas=(0.9, 0.98), eps=1e-6, max_grad_norm=1.0, foreach=foreach,
+                             fused=False)
         generator = torch.Generator().manual_seed(1)
         for step in range(4):
             for index, weight in enumerate(weights):
@@ -132,7 +133,8 @@ def test_bert_adam_foreach_with_zero_and_tiny_gradients_matches_the_loop():
     runs = []
     for foreach in (False, True):
         weight = start.clone().requires_grad_()
-        optimizer = BertAdam([weight], lr=0.1, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2, foreach=foreach)
+        optimizer = BertAdam([weight], lr=0.1, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2, foreach=foreach,
+                             fused=False)
         for grad in grads:
             weight.grad = grad.clone()
             optimizer.step()
@@ -140,6 +142,42 @@ def test_bert_adam_foreach_with_zero_and_tiny_gradients_matches_the_loop():
     tiny_moments = optimizer.state[weight]["exp_avg_sq"][5:10]
     assert ((tiny_moments > 0) & (tiny_moments < torch.finfo(torch.float32).tiny)).all()
     torch.testing.assert_close(runs[1], runs[0], rtol=0, atol=0)
+
+
+def test_bert_adam_fused_stays_within_rounding_of_the_loop():
+    # The fused kernel orders the same arithmetic differently: float32 parameters drift from the
+    # per-tensor loop's by at most one unit in the last place a step (two groups, one without
+    # decay or clipping, gradients under and over the clipping norm, zero rows, second moments
+    # driven subnormal, a parameter without gradient at first); a transposed view (its gradient
+    # laid out otherwise) and float16 ones take the foreach path and match the loop exactly.
+    torch.manual_seed(0)
+    start = [torch.randn(40, 8), torch.randn(300), torch.randn(7), torch.randn(3, 40).t(), torch.randn(9).half()]
+    runs = []
+    for fused in (False, True):
+        weights = [w.clone().requires_grad_() for w in start]
+        groups = [{"params": weights[:2] + weights[4:], "weight_decay": 0.2},
+                  {"params": weights[2:4], "weight_decay": 0.0, "max_grad_norm": 0.0, "lr": 0.05}]
+        optimizer = BertAdam(groups, lr=0.01, betas=(0.9, 0.98), eps=1e-6, max_grad_norm=1.0, foreach=False,
+                             fused=fused)
+        generator = torch.Generator().manual_seed(1)
+        for step in range(50):
+            for index, weight in enumerate(weights):
+                grad = torch.randn(weight.shape, generator=generator) * (3.0 if step % 2 else 0.1)
+                if index == 0:
+                    grad[:5] = 0
+                    grad[5:10] = 1e-20
+                weight.grad = None if index == 2 and step == 0 else grad.to(weight.dtype)
+            optimizer.step()
+        runs.append([w.detach() for w in weights])
+        if not fused:
+            loop_moments = optimizer.state[weights[0]]["exp_avg_sq"][5:10]
+    assert ((loop_moments > 0) & (loop_moments < torch.finfo(torch.float32).tiny)).all()
+    for loop, fused in zip(runs[0][:3], runs[1][:3]):
+        ulps = (fused - loop).abs() / (torch.finfo(torch.float32).eps * loop.abs().clamp_min(0.5))
+        assert ulps.max() <= 50
+    assert not torch.equal(runs[1][0], runs[0][0])  # the fused kernel did run
+    for loop, fused in zip(runs[0][3:], runs[1][3:]):
+        torch.testing.assert_close(fused, loop, rtol=0, atol=0)
 
 
 def test_warmup_cosine_schedule():

@@ -38,15 +38,21 @@ class BertAdam(torch.optim.Optimizer):
 
     `foreach` (default) updates each parameter group with a few multi-tensor `torch._foreach_*`
     kernels instead of a dozen small ops per tensor, on batches of slices that stay in cache; the
-    arithmetic, and so the update, is the same bits, in float32 and float16.
+    arithmetic, and so the update, is the same bits, in float32 and float16. With `fused` (default)
+    float32 tensors instead go through torch's fused AdamW kernel, one pass per slice, 2.5x faster
+    on a CPU: the same formula, its operations in another order (weight decay applied to the
+    parameter before the step rather than added to the update; the bias correction switched off by
+    a step count at which `beta ** step` is 0), so the parameters move within float32 rounding of
+    the per-tensor loop's (tested; docs/training.md). Other dtypes take the foreach path. Both
+    False: the per-tensor loop.
     """
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.98), eps: float = 1e-6, weight_decay: float = 0.2,
-                 max_grad_norm: float = 1.0, foreach: bool = True):
+                 max_grad_norm: float = 1.0, foreach: bool = True, fused: bool = True):
         if lr < 0 or eps < 0 or not all(0 <= beta < 1 for beta in betas):
             raise ValueError(f"invalid BertAdam settings: lr={lr}, betas={betas}, eps={eps}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
-                                      foreach=foreach))
+                                      foreach=foreach, fused=fused))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -55,8 +61,8 @@ class BertAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            if group.get("foreach", True):
-                self._foreach_group_step(group)
+            if group.get("foreach", True) or group.get("fused", True):
+                self._multi_tensor_group_step(group)
                 continue
             beta1, beta2 = group["betas"]
             for parameter in group["params"]:
@@ -80,31 +86,70 @@ class BertAdam(torch.optim.Optimizer):
                 parameter.sub_(group["lr"] * update)
         return loss
 
-    def _foreach_group_step(self, group: dict) -> None:
+    def _multi_tensor_group_step(self, group: dict) -> None:
         parameters = [parameter for parameter in group["params"] if parameter.grad is not None]
         if not parameters:
             return
-        grads = [parameter.grad for parameter in parameters]
-        coefficients = None
-        if group["max_grad_norm"] > 0:
-            # Each tensor clipped on its own norm, as `clip_grad_norm_` on one tensor does, with
-            # the coefficient in the gradient's dtype.
-            coefficients = [None] * len(grads)
-            by_dtype: dict[torch.dtype, list[int]] = {}
-            for index, grad in enumerate(grads):
-                by_dtype.setdefault(grad.dtype, []).append(index)
-            for indices in by_dtype.values():
-                norms = torch.stack(torch._foreach_norm([grads[index] for index in indices]))
-                clipped = (group["max_grad_norm"] / (norms + 1e-6)).clamp(max=1.0)
-                for index, coefficient in zip(indices, clipped.unbind()):
-                    coefficients[index] = coefficient
         for parameter in parameters:
             state = self.state[parameter]
             if not state:
                 state["exp_avg"] = torch.zeros_like(parameter)
                 state["exp_avg_sq"] = torch.zeros_like(parameter)
-        exp_avgs = [self.state[parameter]["exp_avg"] for parameter in parameters]
-        exp_avg_sqs = [self.state[parameter]["exp_avg_sq"] for parameter in parameters]
+        coefficients = self._clipping_coefficients(group, [parameter.grad for parameter in parameters])
+        fused = [group.get("fused", True) and _has_fused_kernel(parameter) for parameter in parameters]
+        for use_fused in (True, False):
+            chosen = [index for index, flag in enumerate(fused) if flag == use_fused]
+            if not chosen:
+                continue
+            update = self._fused_update if use_fused else self._foreach_update
+            update(group, [parameters[index] for index in chosen],
+                   None if coefficients is None else [coefficients[index] for index in chosen])
+
+    @staticmethod
+    def _clipping_coefficients(group: dict, grads: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """Each tensor's clipping factor on its own norm, as `clip_grad_norm_` on one tensor
+        computes it, in the gradient's dtype (None without clipping)."""
+        if group["max_grad_norm"] <= 0:
+            return None
+        coefficients = [None] * len(grads)
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for index, grad in enumerate(grads):
+            by_dtype.setdefault(grad.dtype, []).append(index)
+        for indices in by_dtype.values():
+            norms = torch.stack(torch._foreach_norm([grads[index] for index in indices]))
+            clipped = (group["max_grad_norm"] / (norms + 1e-6)).clamp(max=1.0)
+            for index, coefficient in zip(indices, clipped.unbind()):
+                coefficients[index] = coefficient
+        return coefficients
+
+    def _moments(self, parameters):
+        return ([parameter.grad for parameter in parameters], [self.state[parameter]["exp_avg"] for parameter in parameters],
+                [self.state[parameter]["exp_avg_sq"] for parameter in parameters])
+
+    def _fused_update(self, group: dict, parameters: list, coefficients) -> None:
+        grads, exp_avgs, exp_avg_sqs = self._moments(parameters)
+        # Read as the step count t of `1 - beta ** t`, the bias corrections: at this t both are 1.
+        no_bias_correction = torch.tensor(float(1 << 30), device=parameters[0].device)
+        floor = sqrt_floor(torch.float32, group["eps"]) if parameters[0].device.type == "cpu" else 0.0
+        beta1, beta2 = group["betas"]
+        for params, grads, exp_avgs, exp_avg_sqs, coefficients in _cache_sized_batches(
+            parameters, grads, exp_avgs, exp_avg_sqs, coefficients
+        ):
+            if coefficients is not None:
+                torch._foreach_mul_(grads, coefficients)
+            if floor:
+                # Subnormal second moments make the kernel's square root 9x slower on a CPU (rows
+                # of the token embedding no batch has used for thousands of steps): raised to a
+                # floor that leaves `sqrt(v) + eps` unchanged (`sqrt_floor`).
+                torch._foreach_clamp_min_(exp_avg_sqs, floor)
+            torch._fused_adamw_(
+                params, grads, exp_avgs, exp_avg_sqs, [], [no_bias_correction] * len(params), lr=group["lr"],
+                beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
+                maximize=False,
+            )
+
+    def _foreach_update(self, group: dict, parameters: list, coefficients) -> None:
+        grads, exp_avgs, exp_avg_sqs = self._moments(parameters)
         # Factors as tensors: the in-place multi-tensor multiply by a number would round it to a
         # float16 tensor's dtype first (0.9 -> 0.8999, 1e-7 -> 1.19e-7), which the per-tensor
         # ops do not.
@@ -137,6 +182,13 @@ class BertAdam(torch.optim.Optimizer):
                 torch._foreach_add_(updates, torch._foreach_mul(params, group["weight_decay"]))
             torch._foreach_mul_(updates, learning_rate)
             torch._foreach_sub_(params, updates)
+
+
+def _has_fused_kernel(parameter: torch.Tensor) -> bool:
+    # The kernel walks a parameter, its gradient and moments as flat memory: their layouts must
+    # agree (a transposed view's gradient may be laid out row-major).
+    return (parameter.dtype == torch.float32 and parameter.device.type in ("cpu", "cuda")
+            and parameter.is_contiguous() and parameter.grad.is_contiguous())
 
 
 def sqrt_floor(dtype: torch.dtype, eps: float) -> float:
