@@ -7,6 +7,8 @@ videos, so a trained model finds what it would find in an evaluation."""
 import json
 import os
 
+import numpy as np
+
 import pytest
 import torch
 from conftest import make_batch, textured_frames, tiny_clip_tokenizer, tiny_config, write_mp4
@@ -380,12 +382,13 @@ def test_two_writers_at_once_one_lands_the_other_is_refused_never_crossed(tmp_pa
     assert "writing to the index" in printed[1 - printed.index("ok")] or "already holds" in "".join(printed)
     winner = (1, 2)[printed.index("ok")]
     index = VideoIndex.open(index_dir)
-    rows = {row["file"]: row for batch in index.scan(64) for row in batch.to_pylist()}  # every checksum checked
+    batches = list(index.scan(64))  # every checksum checked
+    files = [file for batch in batches for file in batch.column("file").to_pylist()]
+    stored = torch.from_numpy(np.concatenate([index.output(batch, "video_embeds") for batch in batches]))
     expected = synthetic_videos(100, winner).video_embeds
-    assert sorted(rows) == sorted(f"{winner}-{i}" for i in range(100))
-    for name, row in rows.items():
-        stored = torch.tensor(row["video_embeds"]).reshape(expected.shape[1:])
-        torch.testing.assert_close(stored, expected[int(name.split("-")[1])])
+    assert sorted(files) == sorted(f"{winner}-{i}" for i in range(100))
+    for row, name in enumerate(files):
+        torch.testing.assert_close(stored[row].reshape(expected.shape[1:]), expected[int(name.split("-")[1])])
 
 
 def test_a_writer_killed_mid_write_leaves_the_last_commit(tmp_path):
@@ -481,7 +484,7 @@ def test_row_checksums_change_with_any_byte_of_their_row_only(tmp_path):
     import numpy as np
     import pyarrow as pa
 
-    from hbi_transformers.apps.search.index import VECTOR_COLUMNS, row_checksums
+    from hbi_transformers.apps.search.index import MODEL_OUTPUTS, row_checksums
 
     index = index_from_features(tmp_path / "index", features_index_model(), synthetic_videos(6, seed=5),
                                 [f"video{i}" for i in range(6)])
@@ -507,12 +510,32 @@ def test_row_checksums_change_with_any_byte_of_their_row_only(tmp_path):
     assert changed("duration", [None, 2.0, None, None, None, None]) == [1]
     assert changed("timestamps", [[0.5, 1.0], [2.0], [], [], [1.0, 2.0, 3.0], [0.25]]) == [2]  # empty is not missing
     assert changed("timestamps", [[0.5], [1.0, 2.0], None, [], [1.0, 2.0, 3.0], [0.25]]) == [0, 1]
-    for name in VECTOR_COLUMNS:
-        values = table.column(name).combine_chunks()
-        flat = values.flatten().to_numpy(zero_copy_only=False).copy()
-        flat.view(np.uint8)[-1] ^= 0x80  # the top bit of the last row's last value
-        altered = pa.FixedSizeListArray.from_arrays(pa.array(flat), values.type.list_size)
-        assert changed(name, altered) == [5], name
+    pooled = table.column("pooled").combine_chunks()
+    flat = pooled.flatten().to_numpy(zero_copy_only=False).copy()
+    flat.view(np.uint8)[-1] ^= 0x80  # the top bit of the last row's last value
+    assert changed("pooled", pa.FixedSizeListArray.from_arrays(pa.array(flat), pooled.type.list_size)) == [5]
+    outputs = table.column("outputs").combine_chunks()
+    for name in MODEL_OUTPUTS:
+        offset, values, dtype = index._layout[name]
+        rows = np.frombuffer(outputs.buffers()[1], np.uint8).reshape(6, -1).copy()
+        rows[5, offset + values * dtype.itemsize - 1] ^= 0x80  # the top byte of the last row's last value
+        altered = pa.FixedSizeBinaryArray.from_buffers(outputs.type, 6, [None, pa.py_buffer(rows)])
+        assert changed("outputs", altered) == [5], name
+
+
+def test_float16_storage_keeps_the_rounded_outputs_and_float32_weights(tmp_path):
+    model, videos, names = features_index_model(), synthetic_videos(5, seed=3), [f"video{i}" for i in range(5)]
+    full = index_from_features(tmp_path / "full", model, videos, names)
+    half = index_from_features(tmp_path / "half", model, videos, names, storage_dtype="float16")
+    full_rows, half_rows = full.take(list(range(5))), half.take(list(range(5)))
+    assert half_rows.schema.field("outputs").type.byte_width < full_rows.schema.field("outputs").type.byte_width
+    for name in ("video_embeds", "action_tokens", "event_tokens"):
+        stored = half.output(half_rows, name)
+        assert stored.dtype == np.float16
+        np.testing.assert_array_equal(stored, full.output(full_rows, name).astype(np.float16))
+    for name in ("video_mask", "entity_weights", "action_weights", "event_weights"):
+        np.testing.assert_array_equal(half.output(half_rows, name), full.output(full_rows, name))
+    np.testing.assert_array_equal(half.output(half_rows, "video_mask").reshape(5, -1), videos.video_mask.numpy())
 
 
 def test_the_first_stage_index_finds_the_pool_and_takes_new_files(model, processor, video_folder, tmp_path):
@@ -558,8 +581,8 @@ def test_an_index_of_the_previous_table_version_is_refused_with_the_rebuild_comm
     index_dir = tmp_path / "index"
     build_index(video_folder, model, processor, index_dir, progress=False)
     info = json.loads((index_dir / INFO_NAME).read_text())
-    (index_dir / INFO_NAME).write_text(json.dumps({**info, "version": 2}))
-    with pytest.raises(OldIndexFormatError, match="version 2") as error:
+    (index_dir / INFO_NAME).write_text(json.dumps({**info, "version": 3}))
+    with pytest.raises(OldIndexFormatError, match="version 3") as error:
         VideoIndex.open(index_dir)
     assert f"hbi-index {video_folder.resolve()} --model" in str(error.value) and "--rebuild" in str(error.value)
 

@@ -13,11 +13,12 @@ own videos"):
   reason). Written atomically (temporary file, then rename).
 - `entries.lance`: the table, one row per indexed window: the file (relative path, size,
   modification time, optional content hash, duration), the window (`start`, `end`, timestamps of
-  the sampled frames), the model's frame embeddings after the temporal module (`video_embeds`,
-  `video_mask`), what the model derives from them without the query, computed once here instead
-  of at every search (each level's token weights and the merged, L2-normalised tokens of the
-  levels above the entity level, from `HBIModel.video_levels`), `pooled`, the first-stage vector,
-  and `checksum`, a digest of the row that every read checks. From `DEFAULT_ANN_MIN_ROWS` rows on
+  the sampled frames), `pooled`, the first-stage vector, `outputs`, the model's outputs packed
+  as bytes in one column (`index.output_layout`): the frame embeddings after the temporal module
+  (`video_embeds`, `video_mask`) and what the model derives from them without the query,
+  computed once here instead of at every search (each level's token weights and the merged,
+  L2-normalised tokens of the levels above the entity level, from `HBIModel.video_levels`), and
+  `checksum`, a digest of the row that every read checks. From `DEFAULT_ANN_MIN_ROWS` rows on
   the table carries a vector index over `pooled`: 4-bit RaBitQ codes of every row
   (`writing.create_ann_index`); one of an earlier release's kind (HNSW) is searched exactly, with
   a warning, and rebuilt by the next `build_index`.

@@ -19,12 +19,14 @@ from .index import (
     INDEX_FORMAT,
     INDEX_VERSION,
     LOCK_NAME,
+    MODEL_OUTPUTS,
     STORAGE_DTYPES,
     TABLE_NAME,
     IndexBusyError,
     _connect,
     _schema,
     _write_info,
+    output_layout,
     row_checksums,
 )
 
@@ -148,8 +150,7 @@ class IndexWriter:
             self.info["shapes"] = shapes
         elif self.info["shapes"] != shapes:
             raise ValueError(f"rows of shapes {shapes} for an index of shapes {self.info['shapes']}")
-        torch_dtype, arrow_dtype = STORAGE_DTYPES[self.info["storage_dtype"]]
-        schema = _schema(shapes, arrow_dtype)
+        schema = _schema(shapes, self.info["storage_dtype"])
         columns = {
             "file": [entry["file"] for entry in entries],
             **{key: [self.pending_files[entry["file"]][key] for entry in entries] for key in FILE_COLUMNS},
@@ -158,12 +159,15 @@ class IndexWriter:
             "timestamps": [entry["timestamps"] for entry in entries],
         }
         arrays = [pa.array(columns[field.name], field.type) for field in schema if field.name in columns]
-        for field in schema:
-            if field.name in tensors:
-                dtype = torch.uint8 if field.name == "video_mask" else (
-                    torch.float32 if field.type.value_type == pa.float32() else torch_dtype)
-                flat = tensors[field.name].to(dtype).reshape(-1).numpy()
-                arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size))
+        pooled = tensors["pooled"].float().reshape(-1).numpy()
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(pooled), shapes["pooled"]))
+        layout = output_layout(shapes, self.info["storage_dtype"])
+        outputs = np.ascontiguousarray(np.concatenate(
+            [tensors[name].reshape(len(entries), -1).numpy().astype(layout[name][2]).view(np.uint8) for name in MODEL_OUTPUTS],
+            axis=1,
+        ))
+        outputs_type = schema.field("outputs").type
+        arrays.append(pa.FixedSizeBinaryArray.from_buffers(outputs_type, len(entries), [None, pa.py_buffer(outputs)]))
         rows = pa.Table.from_arrays(arrays, schema=schema.remove(schema.get_field_index("checksum")))
         return rows.append_column(schema.field("checksum"), pa.array(row_checksums(rows), pa.binary(16)))
 
