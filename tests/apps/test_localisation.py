@@ -7,7 +7,7 @@ import torch
 from conftest import tiny_clip_tokenizer, tiny_config
 from hbi_transformers import HBIModel, HBIProcessor, HBIVideoProcessor
 from hbi_transformers.apps import localisation
-from hbi_transformers.apps.localisation import _hit, clause_spans, event_localisation, token_positions
+from hbi_transformers.apps.localisation import _hit, clause_spans, event_localisation, shown_frames, token_positions
 from hbi_transformers.data.synthetic import Event, describe_events, make_synthetic_corpus
 from hbi_transformers.data.synthetic.vocabulary import ACTIONS, COLOURS, SHAPES
 
@@ -66,6 +66,27 @@ def test_ties_share_the_hit():
     assert _hit(torch.zeros(4), inside) == 0.5
 
 
+def test_shown_frames_follow_appear_colour_change_and_leave():
+    def event(action, actor, colour, start, end, new_colour=None):
+        return {"action": action, "actor": actor, "colour": colour, "shape": "square", "new_colour": new_colour,
+                "start_frame": start, "end_frame": end}
+
+    # Actor 0 (red at first) appears over frames 10-14, turns blue over 20-24 and leaves over
+    # 30-34; actor 1 (red too) is on screen throughout and only grows.
+    row = {"fps": 2, "shapes": [{"shape": "square", "colour": "red"}, {"shape": "circle", "colour": "red"}],
+           "events": [event("appear", 0, "red", 10, 14), event("change_colour", 0, "red", 20, 24, "blue"),
+                      event("leave", 0, "blue", 30, 34), event("grow", 1, "red", 5, 9)]}
+    timestamps = [frame / 2 for frame in range(40)]  # every frame of 40
+    frames = torch.arange(40)
+    red_square, turning, leaving, circle = row["events"]
+    assert torch.equal(shown_frames(timestamps, row, red_square), (frames >= 10) & (frames <= 24))
+    assert torch.equal(shown_frames(timestamps, row, turning), (frames >= 10) & (frames <= 24))
+    assert torch.equal(shown_frames(timestamps, row, leaving), (frames >= 20) & (frames <= 34))
+    assert bool(shown_frames(timestamps, row, circle).all())
+    # Sampled frames are looked up by time: 1 frame in 4.
+    assert torch.equal(shown_frames(timestamps[::4], row, leaving), ((frames >= 20) & (frames <= 34))[::4])
+
+
 @pytest.fixture(scope="module")
 def corpus_and_model(tmp_path_factory):
     root = tmp_path_factory.mktemp("localisation")
@@ -106,6 +127,10 @@ def test_counts_every_caption_event_and_a_flat_map_scores_chance(corpus_and_mode
     flat = event_localisation(model, processor, corpus["test"], progress=False)
     assert flat.interaction_rate == pytest.approx(flat.chance)
     assert flat.similarity_hits == report.similarity_hits
+    assert report.grounding_events == flat.grounding_events > 0  # the test clips' shapes leave
+    assert 0 < flat.grounding_chance < 1
+    assert flat.grounding_interaction_rate == pytest.approx(flat.grounding_chance)
+    assert flat.grounding_similarity_hits == report.grounding_similarity_hits
 
 
 def test_refuses_an_annotation_file_without_events(tmp_path, corpus_and_model):

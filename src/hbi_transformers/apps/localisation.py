@@ -7,6 +7,13 @@ entity-level word x frame map are averaged, and the frame with the highest value
 time falls inside the event's window. Chance is the share of the sampled frames that fall inside
 the window (a frame picked at random). The same is counted on the similarity map the estimators
 read, to tell what the interaction adds to the plain similarity.
+
+The entity level compares words with single frames, and the shapes of the corpus are on screen
+before and after most of their events: a frame that shows the red square matches "a red square
+moves left" whether or not it moves. So the clause is also grounded: a hit when its best frame
+shows the clause's shape in the clause's colour, counted over the events whose shape is shown in
+some sampled frames but not all (it appears, leaves or changes colour), where a frame at random
+would not do as well.
 """
 
 import json
@@ -36,6 +43,10 @@ class LocalisationReport:
             (ties share the hit: see `_hit`).
         similarity_hits: the same for the highest-similarity frame.
         chance: the expected hit rate of a frame drawn uniformly among the sampled frames.
+        grounding_events: pairs whose shape is shown (in the clause's colour) in some sampled
+            frames but not all.
+        grounding_interaction_hits, grounding_similarity_hits: those whose best frame shows it.
+        grounding_chance: the expected hit rate of a random frame over those pairs.
     """
 
     source: str
@@ -44,6 +55,10 @@ class LocalisationReport:
     interaction_hits: float
     similarity_hits: float
     chance: float
+    grounding_events: int = 0
+    grounding_interaction_hits: float = 0.0
+    grounding_similarity_hits: float = 0.0
+    grounding_chance: float = 0.0
 
     @property
     def interaction_rate(self) -> float:
@@ -53,14 +68,28 @@ class LocalisationReport:
     def similarity_rate(self) -> float:
         return self.similarity_hits / max(self.events, 1)
 
+    @property
+    def grounding_interaction_rate(self) -> float:
+        return self.grounding_interaction_hits / max(self.grounding_events, 1)
+
+    @property
+    def grounding_similarity_rate(self) -> float:
+        return self.grounding_similarity_hits / max(self.grounding_events, 1)
+
     def as_dict(self) -> dict:
-        return {**asdict(self), "interaction_rate": self.interaction_rate, "similarity_rate": self.similarity_rate}
+        return {**asdict(self), "interaction_rate": self.interaction_rate, "similarity_rate": self.similarity_rate,
+                "grounding_interaction_rate": self.grounding_interaction_rate,
+                "grounding_similarity_rate": self.grounding_similarity_rate}
 
     def sentence(self) -> str:
         return (
             f"event localisation over {self.events} caption events ({self.skipped} skipped): the "
             f"highest-interaction frame falls inside the event {100 * self.interaction_rate:.1f}% of the time, "
-            f"the highest-similarity frame {100 * self.similarity_rate:.1f}%, chance {100 * self.chance:.1f}%"
+            f"the highest-similarity frame {100 * self.similarity_rate:.1f}%, chance {100 * self.chance:.1f}%; "
+            f"grounding over the {self.grounding_events} whose shape is shown in some frames only: the "
+            f"highest-interaction frame shows it {100 * self.grounding_interaction_rate:.1f}% of the time, the "
+            f"highest-similarity frame {100 * self.grounding_similarity_rate:.1f}%, chance "
+            f"{100 * self.grounding_chance:.1f}%"
         )
 
 
@@ -104,6 +133,27 @@ def _window_frames(timestamps: list[float], event: dict, fps: float) -> torch.Te
     return (frame_numbers >= event["start_frame"] - 1e-6) & (frame_numbers <= event["end_frame"] + 1e-6)
 
 
+def shown_frames(timestamps: list[float], row: dict, event: dict) -> torch.Tensor:
+    """Which sampled frames show the event's shape in the event's colour: from the start of its
+    "appear" (if it has one) to the end of its "leave" (if any), in its first colour up to the end
+    of each colour change and in the new one from the start of it (both while it changes)."""
+    frame_numbers = torch.tensor(timestamps) * row["fps"]
+    actor_events = [other for other in row["events"] if other["actor"] == event["actor"]]
+    shown = torch.ones_like(frame_numbers, dtype=torch.bool)
+    colour = torch.full_like(shown, row["shapes"][event["actor"]]["colour"] == event["colour"])
+    for other in actor_events:
+        before = frame_numbers < other["start_frame"] - 1e-6
+        after = frame_numbers > other["end_frame"] + 1e-6
+        if other["action"] == "appear":
+            shown &= ~before
+        elif other["action"] == "leave":
+            shown &= ~after
+        elif other["action"] == "change_colour":
+            was, becomes = other["colour"] == event["colour"], other["new_colour"] == event["colour"]
+            colour = torch.where(before, colour, torch.where(after, torch.tensor(becomes), torch.tensor(was or becomes)))
+    return shown & colour
+
+
 def _hit(scores: torch.Tensor, inside: torch.Tensor) -> float:
     """1 when the best frame is inside the window; when several frames tie for best (a flat map),
     the share of them inside, so that a flat map scores chance and not whatever frame comes first."""
@@ -133,8 +183,9 @@ def event_localisation(
         raise ValueError(f"{annotation_file}:1 has no `events`: event localisation needs a synthetic-corpus annotation file")
     was_training = model.training
     model.eval()
-    events = skipped = 0
+    events = skipped = grounding_events = 0
     interaction_hits = similarity_hits = chance_total = 0.0
+    grounding_interaction = grounding_similarity = grounding_chance = 0.0
     try:
         for row in tqdm(rows, desc="event localisation", unit="clip", disable=not progress):
             for caption in row["captions"]:
@@ -151,8 +202,18 @@ def event_localisation(
                     inside = _window_frames(maps.timestamps, event, row["fps"])
                     events += 1
                     chance_total += float(inside.float().mean())
-                    interaction_hits += _hit(entity.interaction[positions].mean(0), inside)
-                    similarity_hits += _hit(entity.similarity[positions].mean(0), inside)
+                    interaction = entity.interaction[positions].mean(0)
+                    similarity = entity.similarity[positions].mean(0)
+                    interaction_hits += _hit(interaction, inside)
+                    similarity_hits += _hit(similarity, inside)
+                    shown = shown_frames(maps.timestamps, row, event)
+                    if 0 < int(shown.sum()) < len(shown):
+                        grounding_events += 1
+                        grounding_chance += float(shown.float().mean())
+                        grounding_interaction += _hit(interaction, shown)
+                        grounding_similarity += _hit(similarity, shown)
     finally:
         model.train(was_training)
-    return LocalisationReport(source, events, skipped, interaction_hits, similarity_hits, chance_total / max(events, 1))
+    return LocalisationReport(source, events, skipped, interaction_hits, similarity_hits, chance_total / max(events, 1),
+                              grounding_events, grounding_interaction, grounding_similarity,
+                              grounding_chance / max(grounding_events, 1))
