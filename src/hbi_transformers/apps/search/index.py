@@ -43,6 +43,9 @@ MODEL_OUTPUTS = ("video_embeds", "video_mask", *(f"{name}_weights" for name in L
                  *(f"{name}_tokens" for name in LEVEL_NAMES[1:]))
 ENTRY_COLUMNS = ("file", "start", "end", "timestamps")
 FILE_COLUMNS = ("size", "mtime_ns", "content_hash", "duration")
+# What a search reads of a row: what scoring, the hits and the checksum need (not the file state
+# that only indexing compares).
+SEARCH_COLUMNS = (*ENTRY_COLUMNS, "duration", "pooled", "outputs", "checksum")
 
 
 class IndexDamagedError(RuntimeError):
@@ -326,13 +329,13 @@ class VideoIndex:
             yield batch
 
     def take(self, positions: list[int]) -> pa.Table:
-        """Rows (checked) by position in this version."""
-        rows = self._guarded(lambda: self.dataset.take(positions))
+        """Rows (checked; the columns a search reads) by position in this version."""
+        rows = self._guarded(lambda: self.dataset.take(positions, columns=list(SEARCH_COLUMNS)))
         self._verify(rows)
         return rows
 
     def nearest(self, vector: np.ndarray, k: int, nprobes: int | None, refine_factor: int | None) -> pa.Table:
-        """The `k` rows (checked) with the largest dot product of their pooled vector with
+        """The `k` rows (checked; the columns a search reads) with the largest dot product of their pooled vector with
         `vector`: by the ANN index when there is one (`nprobes` of its partitions scanned, None:
         all; with a `refine_factor`, `k` x `refine_factor` approximate neighbours re-ranked on the
         exact vectors, else the index's quantised distances decide), else by an exact scan. An
@@ -341,7 +344,8 @@ class VideoIndex:
         query = {"column": "pooled", "q": vector, "k": k, "metric": "dot", "refine_factor": refine_factor,
                  # The engine probes min(nprobes, partitions): the bound scans every partition.
                  "nprobes": nprobes or EVERY_PARTITION, "use_index": not self._outdated_ann_index}
-        rows = self._guarded(lambda: self.dataset.to_table(nearest=query, with_row_id=True))
+        rows = self._guarded(lambda: self.dataset.to_table(columns=list(SEARCH_COLUMNS), nearest=query,
+                                                           with_row_id=True))
         self._verify(rows)
         return rows
 

@@ -15,7 +15,7 @@ from ...models.hbi.configuration_hbi import LEVEL_NAMES
 from ...models.hbi.modeling_hbi import HBITextOutput
 from ...models.hbi.wti import LevelTokens, matched_word_frame_similarity
 from .identity import fixed_merge_noise, pooled_embeddings
-from .index import VideoIndex
+from .index import SEARCH_COLUMNS, VideoIndex
 from .results import SearchHit
 
 DEFAULT_CHUNK_SIZE = 1024
@@ -153,7 +153,7 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
 
     if candidates is None:
         position = 0
-        for rows in tqdm(index.scan(chunk_size), desc="scoring entries", disable=not progress):
+        for rows in tqdm(index.scan(chunk_size, SEARCH_COLUMNS), desc="scoring entries", disable=not progress):
             score(rows, position)
             position += rows.num_rows
 
