@@ -247,6 +247,20 @@ def main():
                 p50, p95 = milliseconds[pool]
                 print(f"{size:>8}  {'two-stage':<10}  {pool:>6}  {recall:>9.1f}  {top1:>6.1f}  {p50:>8.1f}  "
                       f"{p95:>8.1f}", flush=True)
+            print(f"  reading 100 random rows by position (checked): {read_rows_ms(index, args.repeats):.1f} ms p50")
+
+
+def read_rows_ms(index: VideoIndex, repeats: int, rows: int = 100) -> float:
+    """The second stage's read of its candidates alone, on rows drawn at random."""
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for _ in range(repeats):
+        positions = sorted(torch.randperm(len(index), generator=generator)[:rows].tolist())
+        start = time.perf_counter()
+        index.take(positions)
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
 
 if __name__ == "__main__":
     main()

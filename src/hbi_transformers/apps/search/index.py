@@ -345,7 +345,7 @@ class VideoIndex:
                  # The engine probes min(nprobes, partitions): the bound scans every partition.
                  "nprobes": nprobes or EVERY_PARTITION, "use_index": not self._outdated_ann_index}
         rows = self._guarded(lambda: self.dataset.to_table(columns=list(SEARCH_COLUMNS), nearest=query,
-                                                           with_row_id=True))
+                                                           with_row_id=True, disable_scoring_autoprojection=True))
         self._verify(rows)
         return rows
 

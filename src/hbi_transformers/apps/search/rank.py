@@ -180,7 +180,7 @@ def _first_stage_pool(index: VideoIndex, text_entity: LevelTokens, candidates: i
         fresh = [row for row, row_id in enumerate(row_ids) if row_id not in position_of]
         for row in fresh:
             position_of[row_ids[row]] = len(position_of)
-        pieces.append(rows.take(pa.array(fresh, pa.int64())).drop_columns(["_rowid", "_distance"]))
+        pieces.append(rows.take(pa.array(fresh, pa.int64())).drop_columns(["_rowid"]))
         members.append([position_of[row_id] for row_id in row_ids])
     in_pool = torch.zeros(len(pools), len(position_of), dtype=torch.bool)
     for query, positions in enumerate(members):
