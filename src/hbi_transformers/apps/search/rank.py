@@ -109,7 +109,6 @@ def search_by_text_features(
     """`search` for queries already encoded with `model.get_text_features` (model in eval mode)."""
     if not isinstance(index, VideoIndex):
         index = VideoIndex.open(index)
-    index.check_model(model)
     return _rank(index, text_outputs, model, top_k, chunk_size, candidates, (nprobes, refine_factor), progress)
 
 
@@ -128,10 +127,13 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
     with ThreadPoolExecutor(max_workers=1) as first_stage_thread:
         if candidates is not None:
             # The engine's vector search runs outside the GIL: the query's merged levels are
-            # computed meanwhile (6 of about 55 ms a query at 10^6 entries). The entity level needs
+            # computed meanwhile (6 of about 50 ms a query at 10^6 entries). The entity level needs
             # no merging, so no clustering noise.
             entity = model.text_levels(text_outputs.text_embeds, text_outputs.attention_mask, num_levels=1)[0]
             pending_pool = first_stage_thread.submit(_first_stage_pool, index, entity, candidates, *first_stage)
+        # Checked meanwhile (a walk over the model's tensors, 2 ms a query in benchmarks/bench_search.py):
+        # the scan only reads.
+        index.check_model(model)
         # All queries are merged as one batch (compute_similarity uses groups of 32): the batch only
         # matters to items with fewer valid tokens than cluster_num_neighbors (3 officially), and a
         # caption has at least 3 (start, a word, end).
