@@ -249,14 +249,18 @@ def main():
                 p50, p95 = milliseconds[pool]
                 print(f"{size:>8}  {'two-stage':<10}  {pool:>6}  {recall:>9.1f}  {top1:>6.1f}  {p50:>8.1f}  "
                       f"{p95:>8.1f}", flush=True)
-            print(f"  reading 100 random rows by position (checked): {read_rows_ms(index, args.repeats):.1f} ms p50")
+            # What the second stage reads of a candidate: the merged levels only where the fusion weighs them.
+            merged = any(args.level_weights[1:])
+            print(f"  reading 100 random rows by position (checked): {read_rows_ms(index, args.repeats, merged):.1f} "
+                  "ms p50")
             if args.parts and index.has_ann_index():
-                parts = query_parts_ms(index, texts, model, args.pools[0], args.top_k, args.chunk_size)
+                parts = query_parts_ms(index, texts, model, args.pools[0], args.top_k, args.chunk_size, merged)
                 for name, milliseconds in parts.items():
                     print(f"  {name}: {milliseconds:.1f} ms p50")
 
 
-def query_parts_ms(index: VideoIndex, texts: HBITextOutput, model, pool: int, top_k: int, chunk_size: int) -> dict:
+def query_parts_ms(index: VideoIndex, texts: HBITextOutput, model, pool: int, top_k: int, chunk_size: int,
+                   merged: bool) -> dict:
     """Where a two-stage query goes, each part timed on its own over every query after 4 warm-up
     ones (medians): the engine's code scan alone (row ids only), the scan with the candidates'
     rows read and checked, the whole query."""
@@ -273,7 +277,8 @@ def query_parts_ms(index: VideoIndex, texts: HBITextOutput, model, pool: int, to
 
     parts = {
         f"code scan alone ({pool} row ids)": scan_only,
-        f"scan, {pool} rows read and checked": lambda position: index.nearest(vectors[position], pool, None, None),
+        f"scan, {pool} rows read and checked": lambda position: index.nearest(vectors[position], pool, None, None,
+                                                                              merged),
         "whole two-stage query": lambda position: search_by_text_features(index, query(texts, position), model, top_k,
                                                                            chunk_size, pool),
     }
@@ -288,14 +293,14 @@ def query_parts_ms(index: VideoIndex, texts: HBITextOutput, model, pool: int, to
     return medians
 
 
-def read_rows_ms(index: VideoIndex, repeats: int, rows: int = 100) -> float:
+def read_rows_ms(index: VideoIndex, repeats: int, merged: bool, rows: int = 100) -> float:
     """The second stage's read of its candidates alone, on rows drawn at random."""
     generator = torch.Generator().manual_seed(0)
     times = []
     for _ in range(repeats):
         positions = sorted(torch.randperm(len(index), generator=generator)[:rows].tolist())
         start = time.perf_counter()
-        index.take(positions)
+        index.take(positions, merged)
         times.append(1000 * (time.perf_counter() - start))
     return statistics.median(times)
 
