@@ -392,6 +392,8 @@ class VideoIndex:
     def merged_rows(self, row_ids: list[int]) -> pa.Table:
         """The merged levels' outputs (checked) of rows by their `_rowid` (as `nearest` returns
         them), with the row ids."""
+        # pylance's one take by row id is marked unstable: the version is pinned (setup.py) and
+        # tests/apps/test_search.py reads hits through it.
         rows = self._guarded(lambda: self.dataset._take_rows(row_ids, columns=[*MERGED_COLUMNS, "checksum"]))
         self._verify(rows)
         return rows
