@@ -484,11 +484,11 @@ def test_row_checksums_change_with_any_byte_of_their_row_only(tmp_path):
     import numpy as np
     import pyarrow as pa
 
-    from hbi_transformers.apps.search.index import MODEL_OUTPUTS, merged_checksums, row_checksums
+    from hbi_transformers.apps.search.index import MODEL_OUTPUTS, row_checksums
 
     index = index_from_features(tmp_path / "index", features_index_model(), synthetic_videos(6, seed=5),
                                 [f"video{i}" for i in range(6)])
-    table = index.dataset.to_table().drop_columns(["checksum", "merged_checksum"])
+    table = index.dataset.to_table().drop_columns(["checksum"])
     table = table.set_column(table.schema.get_field_index("start"), "start",
                              pa.array([0.0, 1.5, None, 3.0, None, 0.5], pa.float64()))
     table = table.set_column(table.schema.get_field_index("timestamps"), "timestamps",
@@ -514,23 +514,13 @@ def test_row_checksums_change_with_any_byte_of_their_row_only(tmp_path):
     flat = pooled.flatten().to_numpy(zero_copy_only=False).copy()
     flat.view(np.uint8)[-1] ^= 0x80  # the top bit of the last row's last value
     assert changed("pooled", pa.FixedSizeListArray.from_arrays(pa.array(flat), pooled.type.list_size)) == [5]
-    # Each output's last byte in the last row: the frames' outputs change the row's checksum, the
-    # merged levels' their own, which the row's checksum binds to the row.
-    table = table.append_column("checksum", pa.array(digests, pa.binary(16)))
-    merged_digests = merged_checksums(table)
-    assert len(set(merged_digests)) == 6
-    moved = table.set_column(table.schema.get_field_index("checksum"), "checksum", pa.array(digests[1:] + digests[:1]))
-    assert all(before != after for before, after in zip(merged_digests, merged_checksums(moved)))
+    outputs = table.column("outputs").combine_chunks()
     for name in MODEL_OUTPUTS:
-        column, offset, values, dtype = index._layout[name]
-        packed = table.column(column).combine_chunks()
-        rows = np.frombuffer(packed.buffers()[1], np.uint8).reshape(6, -1).copy()
-        rows[5, offset + values * dtype.itemsize - 1] ^= 0x80  # the top bit of the last row's last value
-        altered = table.set_column(table.schema.get_field_index(column), column,
-                                   pa.FixedSizeBinaryArray.from_buffers(packed.type, 6, [None, pa.py_buffer(rows)]))
-        digest_changes = [row for row, (a, b) in enumerate(zip(digests, row_checksums(altered))) if a != b]
-        merged_changes = [row for row, (a, b) in enumerate(zip(merged_digests, merged_checksums(altered))) if a != b]
-        assert (digest_changes, merged_changes) == (([5], []) if column == "frame_outputs" else ([], [5])), name
+        offset, values, dtype = index._layout[name]
+        rows = np.frombuffer(outputs.buffers()[1], np.uint8).reshape(6, -1).copy()
+        rows[5, offset + values * dtype.itemsize - 1] ^= 0x80  # the top byte of the last row's last value
+        altered = pa.FixedSizeBinaryArray.from_buffers(outputs.type, 6, [None, pa.py_buffer(rows)])
+        assert changed("outputs", altered) == [5], name
 
 
 def test_float16_storage_keeps_the_rounded_outputs_and_float32_weights(tmp_path):
@@ -538,8 +528,7 @@ def test_float16_storage_keeps_the_rounded_outputs_and_float32_weights(tmp_path)
     full = index_from_features(tmp_path / "full", model, videos, names)
     half = index_from_features(tmp_path / "half", model, videos, names, storage_dtype="float16")
     full_rows, half_rows = full.take(list(range(5))), half.take(list(range(5)))
-    for column in ("frame_outputs", "merged_outputs"):
-        assert half_rows.schema.field(column).type.byte_width < full_rows.schema.field(column).type.byte_width
+    assert half_rows.schema.field("outputs").type.byte_width < full_rows.schema.field("outputs").type.byte_width
     for name in ("video_embeds", "action_tokens", "event_tokens"):
         stored = half.output(half_rows, name)
         assert stored.dtype == np.float16
@@ -547,35 +536,6 @@ def test_float16_storage_keeps_the_rounded_outputs_and_float32_weights(tmp_path)
     for name in ("video_mask", "entity_weights", "action_weights", "event_weights"):
         np.testing.assert_array_equal(half.output(half_rows, name), full.output(full_rows, name))
     np.testing.assert_array_equal(half.output(half_rows, "video_mask").reshape(5, -1), videos.video_mask.numpy())
-
-
-def test_altered_merged_outputs_are_caught_when_the_hits_read_them(tmp_path):
-    # With the official weights (1, 0, 0) the ranking reads the frames' outputs only; the hits'
-    # level scores read the merged levels' too, and a flipped bit there is reported.
-    import lance
-    import pyarrow as pa
-
-    torch.manual_seed(0)
-    model = HBIModel(tiny_config(level_weights=[1.0, 0.0, 0.0])).eval()
-    texts = HBITextOutput(text_embeds=torch.randn(2, 8, model.config.projection_dim, generator=torch.Generator().manual_seed(1)),
-                          attention_mask=torch.ones(2, 8, dtype=torch.long))
-    index = index_from_features(tmp_path / "index", model, synthetic_videos(12, seed=4), [f"video{i}" for i in range(12)])
-    best = {query_hits[0].file for query_hits in search_by_text_features(index, texts, model, top_k=1, candidates=12)}
-    table = index.dataset.to_table()
-    victim = next(row for row, file in enumerate(table.column("file").to_pylist()) if file not in best)
-    merged = table.column("merged_outputs").combine_chunks()
-    packed = np.frombuffer(merged.buffers()[1], np.uint8).reshape(12, -1).copy()
-    packed[victim, -1] ^= 0x80
-    table = table.set_column(table.schema.get_field_index("merged_outputs"), "merged_outputs",
-                             pa.FixedSizeBinaryArray.from_buffers(merged.type, 12, [None, pa.py_buffer(packed)]))
-    lance.write_dataset(table, tmp_path / "index" / "entries.lance", mode="overwrite")
-    altered = VideoIndex.open(tmp_path / "index")
-    for candidates in (None, 12):
-        with pytest.raises(IndexDamagedError, match="do not match their checksum"):
-            search_by_text_features(altered, texts, model, top_k=12, candidates=candidates)
-    # A search whose hits leave that row out does not read its merged outputs: the same hits.
-    hits = search_by_text_features(altered, texts, model, top_k=1, candidates=12)
-    assert {query_hits[0].file for query_hits in hits} == best
 
 
 def test_the_first_stage_index_finds_the_pool_and_takes_new_files(model, processor, video_folder, tmp_path):

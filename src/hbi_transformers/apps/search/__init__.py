@@ -13,13 +13,12 @@ own videos"):
   reason). Written atomically (temporary file, then rename).
 - `entries.lance`: the table, one row per indexed window: the file (relative path, size,
   modification time, optional content hash, duration), the window (`start`, `end`, timestamps of
-  the sampled frames), `pooled`, the first-stage vector, and the model's outputs packed as bytes
-  (`index.output_layout`): `frame_outputs`, the frame embeddings after the temporal module
-  (`video_embeds`, `video_mask`) and the entity level's frame weights, and `merged_outputs`, what
-  the model derives from them for the levels above without the query, computed once here instead
-  of at every search (the merged, L2-normalised tokens and their weights, from
-  `HBIModel.video_levels`); `checksum`, a digest of the row but its merged outputs, and
-  `merged_checksum`, theirs, bound to the row's. Every read checks the digests of what it read. From `DEFAULT_ANN_MIN_ROWS` rows on
+  the sampled frames), `pooled`, the first-stage vector, `outputs`, the model's outputs packed
+  as bytes in one column (`index.output_layout`): the frame embeddings after the temporal module
+  (`video_embeds`, `video_mask`) and what the model derives from them without the query,
+  computed once here instead of at every search (each level's token weights and the merged,
+  L2-normalised tokens of the levels above the entity level, from `HBIModel.video_levels`), and
+  `checksum`, a digest of the row that every read checks. From `DEFAULT_ANN_MIN_ROWS` rows on
   the table carries a vector index over `pooled`: 4-bit RaBitQ codes of every row
   (`writing.create_ann_index`); one of an earlier release's kind (HNSW) is searched exactly, with
   a warning, and rebuilt by the next `build_index`.
@@ -44,8 +43,7 @@ model), from the stored video levels: a search is matrix products only, where
 `compute_similarity` would merge every video's tokens again. It scans the table in batches with
 a running top-k. With `candidates=N` a first stage asks the engine for each query's N nearest
 rows by pooled vectors (a scan of the RaBitQ codes, or an exact scan below the index's size) and only those are
-scored with HBI. A ranking that weighs the entity level alone (the official retrieval weights)
-reads the merged levels' outputs of its hits only. NaN scores rank after every real one. `results` holds what both return
+scored with HBI. NaN scores rank after every real one. `results` holds what both return
 (`IndexReport`, `SearchHit`) and their JSON and table forms.
 
 Videos whose clip holds fewer frames than `config.cluster_num_neighbors` (under 3 s at 1 frame

@@ -37,20 +37,15 @@ DEFAULT_ANN_MIN_ROWS = 50_000
 FIRST_STAGE_INDEX_TYPE = "IVF_RQ"
 EVERY_PARTITION = 1 << 30
 STORAGE_DTYPES = {"float32": (torch.float32, pa.float32()), "float16": (torch.float16, pa.float16())}
-# The stored model outputs, packed as bytes in two columns (`output_layout`), in this order; each is
-# flattened per row and shaped by the index's `shapes`. The entity level's (frames) apart from the
-# merged levels', which a ranking with the official retrieval weights (1, 0, 0) never reads.
-OUTPUT_COLUMNS = {
-    "frame_outputs": ("video_embeds", "video_mask", f"{LEVEL_NAMES[0]}_weights"),
-    "merged_outputs": (*(f"{name}_weights" for name in LEVEL_NAMES[1:]), *(f"{name}_tokens" for name in LEVEL_NAMES[1:])),
-}
-MODEL_OUTPUTS = tuple(name for names in OUTPUT_COLUMNS.values() for name in names)
+# The stored model outputs, in the order their bytes follow one another in a row's `outputs`
+# (`output_layout`); each is flattened per row and shaped by the index's `shapes`.
+MODEL_OUTPUTS = ("video_embeds", "video_mask", *(f"{name}_weights" for name in LEVEL_NAMES),
+                 *(f"{name}_tokens" for name in LEVEL_NAMES[1:]))
 ENTRY_COLUMNS = ("file", "start", "end", "timestamps")
 FILE_COLUMNS = ("size", "mtime_ns", "content_hash", "duration")
 # What a search reads of a row: what scoring, the hits and the checksum need (not the file state
-# that only indexing compares); the merged levels' outputs and their checksum where they are scored.
-SEARCH_COLUMNS = (*ENTRY_COLUMNS, "duration", "pooled", "frame_outputs", "checksum")
-MERGED_COLUMNS = ("merged_outputs", "merged_checksum")
+# that only indexing compares).
+SEARCH_COLUMNS = (*ENTRY_COLUMNS, "duration", "pooled", "outputs", "checksum")
 
 
 class IndexDamagedError(RuntimeError):
@@ -125,35 +120,24 @@ def _column_values(rows, name: str) -> np.ndarray:
     return _combined(rows.column(name)).flatten().to_numpy(zero_copy_only=False)
 
 
-def output_layout(shapes: dict, storage_dtype: str) -> dict[str, tuple[str, int, int, np.dtype]]:
-    """Where each model output lies: `name -> (column, byte offset in it, values, dtype)`.
+def output_layout(shapes: dict, storage_dtype: str) -> dict[str, tuple[int, int, np.dtype]]:
+    """Where each model output lies in a row's `outputs` bytes: `name -> (offset, values, dtype)`.
 
-    Binary columns rather than a column per output: a search reads its candidates' rows by
-    position, and the engine's cost of that is mostly per column (100 rows of 10^5: 7.8 ms over
-    seven list columns, 4.9 ms packed in one). Two rather than one: ranking with the official
-    weights reads the frames' column alone, 12.3 of a row's 17.4 KB of outputs, which keeps a
-    10^6-row table's ranking columns within a page cache of a few tens of GB."""
+    One fixed-size binary column instead of a column per output: a search reads its candidates'
+    rows by position, and the engine's cost of that is mostly per column (100 rows of 10^5: 7.8 ms
+    over seven columns, 4.9 ms packed)."""
     storage = np.dtype(STORAGE_DTYPES[storage_dtype][1].to_pandas_dtype())
-    layout = {}
-    for column, names in OUTPUT_COLUMNS.items():
-        offset = 0
-        for name in names:
-            dtype = np.dtype(np.uint8) if name == "video_mask" else np.dtype(np.float32) if name.endswith("_weights") else storage
-            layout[name] = (column, offset, shapes[name], dtype)
-            offset += shapes[name] * dtype.itemsize
+    layout, offset = {}, 0
+    for name in MODEL_OUTPUTS:
+        dtype = np.dtype(np.uint8) if name == "video_mask" else np.dtype(np.float32) if name.endswith("_weights") else storage
+        layout[name] = (offset, shapes[name], dtype)
+        offset += shapes[name] * dtype.itemsize
     return layout
 
 
-def _column_widths(layout: dict) -> dict[str, int]:
-    widths = dict.fromkeys(OUTPUT_COLUMNS, 0)
-    for column, offset, values, dtype in layout.values():
-        widths[column] = max(widths[column], offset + values * dtype.itemsize)
-    return widths
-
-
-def _output_bytes(rows, column_name: str) -> np.ndarray:
-    """A binary output column as `[rows, bytes]`."""
-    column = _combined(rows.column(column_name))
+def _output_bytes(rows) -> np.ndarray:
+    """The `outputs` column as `[rows, bytes]`."""
+    column = _combined(rows.column("outputs"))
     width = column.type.byte_width
     return np.frombuffer(column.buffers()[1], np.uint8, count=len(column) * width,
                          offset=column.offset * width).reshape(len(column), width)
@@ -165,7 +149,7 @@ def row_checksums(table: pa.Table | pa.RecordBatch) -> list[bytes]:
 
     A row's digest covers, in order: the bytes of its fixed-size columns (the window bounds and
     duration, their validity, the lengths of its file name and timestamps, then its pooled vector
-    and its frames' outputs), its file name, its timestamps; `merged_checksums` covers the rest. xxh3 because a scan checks every row it reads: it hashes
+    and its model outputs), its file name, its timestamps. xxh3 because a scan checks every row it reads: it hashes
     at memory speed, where a cryptographic digest cost more than scoring the rows."""
     count = table.num_rows
     files = [name.encode() for name in table.column("file").to_pylist()]
@@ -181,7 +165,7 @@ def row_checksums(table: pa.Table | pa.RecordBatch) -> list[bytes]:
     )
     fixed = np.concatenate(
         [header.view(np.uint8).reshape(count, -1), _column_values(table, "pooled").view(np.uint8).reshape(count, -1),
-         _output_bytes(table, "frame_outputs")],
+         _output_bytes(table)],
         axis=1,
     )
     digests = []
@@ -193,20 +177,13 @@ def row_checksums(table: pa.Table | pa.RecordBatch) -> list[bytes]:
     return digests
 
 
-def merged_checksums(table: pa.Table | pa.RecordBatch) -> list[bytes]:
-    """A digest per row of its merged levels' outputs, bound to the row by its `checksum` (the
-    outputs of one row cannot pass for another's)."""
-    merged = _output_bytes(table, "merged_outputs")
-    rows = table.column("checksum").to_pylist()
-    return [xxhash.xxh3_128(merged[row].tobytes() + checksum).digest() for row, checksum in enumerate(rows)]
-
-
 def _combined(column) -> pa.Array:
     return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 def _schema(shapes: dict, storage_dtype: str) -> pa.Schema:
-    widths = _column_widths(output_layout(shapes, storage_dtype))
+    layout = output_layout(shapes, storage_dtype)
+    offset, values, dtype = layout[MODEL_OUTPUTS[-1]]
 
     fields = [
         pa.field("file", pa.string(), nullable=False),
@@ -219,9 +196,8 @@ def _schema(shapes: dict, storage_dtype: str) -> pa.Schema:
         pa.field("timestamps", pa.list_(pa.float64())),
         # The ANN index is built over float32 vectors (the first stage's exact scan too).
         pa.field("pooled", pa.list_(pa.float32(), shapes["pooled"])),
-        *(pa.field(column, pa.binary(widths[column]), nullable=False) for column in OUTPUT_COLUMNS),
+        pa.field("outputs", pa.binary(offset + values * dtype.itemsize), nullable=False),
         pa.field("checksum", pa.binary(16), nullable=False),
-        pa.field("merged_checksum", pa.binary(16), nullable=False),
     ]
     return pa.schema(fields)
 
@@ -352,17 +328,14 @@ class VideoIndex:
             self._verify(batch)
             yield batch
 
-    def take(self, positions: list[int], merged: bool = True) -> pa.Table:
-        """Rows (checked; the columns a search reads, the merged levels' with `merged`) by position
-        in this version."""
-        rows = self._guarded(lambda: self.dataset.take(positions, columns=search_columns(merged)))
+    def take(self, positions: list[int]) -> pa.Table:
+        """Rows (checked; the columns a search reads) by position in this version."""
+        rows = self._guarded(lambda: self.dataset.take(positions, columns=list(SEARCH_COLUMNS)))
         self._verify(rows)
         return rows
 
-    def nearest(self, vector: np.ndarray, k: int, nprobes: int | None, refine_factor: int | None,
-                merged: bool = True) -> pa.Table:
-        """The `k` rows (checked; the columns a search reads, the merged levels' with `merged`; with
-        their `_rowid`) with the largest dot product of their pooled vector with
+    def nearest(self, vector: np.ndarray, k: int, nprobes: int | None, refine_factor: int | None) -> pa.Table:
+        """The `k` rows (checked; the columns a search reads) with the largest dot product of their pooled vector with
         `vector`: by the ANN index when there is one (`nprobes` of its partitions scanned, None:
         all; with a `refine_factor`, `k` x `refine_factor` approximate neighbours re-ranked on the
         exact vectors, else the index's quantised distances decide), else by an exact scan. An
@@ -371,7 +344,7 @@ class VideoIndex:
         query = {"column": "pooled", "q": vector, "k": k, "metric": "dot", "refine_factor": refine_factor,
                  # The engine probes min(nprobes, partitions): the bound scans every partition.
                  "nprobes": nprobes or EVERY_PARTITION, "use_index": not self._outdated_ann_index}
-        rows = self._guarded(lambda: self.dataset.to_table(columns=search_columns(merged), nearest=query,
+        rows = self._guarded(lambda: self.dataset.to_table(columns=list(SEARCH_COLUMNS), nearest=query,
                                                            with_row_id=True, disable_scoring_autoprojection=True))
         self._verify(rows)
         return rows
@@ -389,26 +362,11 @@ class VideoIndex:
             )
         return outdated
 
-    def merged_rows(self, row_ids: list[int]) -> pa.Table:
-        """The merged levels' outputs (checked) of rows by their `_rowid` (as `nearest` returns
-        them), with the row ids."""
-        # pylance's one take by row id is marked unstable: the version is pinned (setup.py) and
-        # tests/apps/test_search.py reads hits through it.
-        rows = self._guarded(lambda: self.dataset._take_rows(row_ids, columns=[*MERGED_COLUMNS, "checksum"]))
-        self._verify(rows)
-        return rows
-
     def _verify(self, rows) -> None:
         stored = rows.column("checksum").to_pylist()
-        names = rows.column_names
-        actual = row_checksums(rows) if "frame_outputs" in names else stored
-        bad = [row for row, (expected, digest) in enumerate(zip(stored, actual)) if expected != digest]
-        if "merged_outputs" in names:
-            merged = rows.column("merged_checksum").to_pylist()
-            bad += [row for row, (expected, digest) in enumerate(zip(merged, merged_checksums(rows)))
-                    if expected != digest and row not in bad]
+        bad = [row for row, (expected, actual) in enumerate(zip(stored, row_checksums(rows))) if expected != actual]
         if bad:
-            files = sorted({rows.column("file")[row].as_py() for row in bad}) if "file" in names else ["unknown"]
+            files = sorted({rows.column("file")[row].as_py() for row in bad})
             raise IndexDamagedError(
                 f"{len(bad)} entries of the index at {self.index_dir} do not match their checksum (altered bytes; "
                 f"files {', '.join(files[:5])}). Rebuild it "
@@ -428,8 +386,8 @@ class VideoIndex:
 
     def output(self, rows, name: str) -> np.ndarray:
         """One model output of rows read from the index, `[rows, values]` (a copy)."""
-        column, offset, values, dtype = self._layout[name]
-        return _output_bytes(rows, column)[:, offset : offset + values * dtype.itemsize].copy().view(dtype)
+        offset, values, dtype = self._layout[name]
+        return _output_bytes(rows)[:, offset : offset + values * dtype.itemsize].copy().view(dtype)
 
     @functools.cached_property
     def _layout(self) -> dict:
@@ -452,11 +410,6 @@ class VideoIndex:
             size = self.shapes[f"{name}_weights"]
             levels.append(LevelTokens(tensor(f"{name}_tokens", (size, dim)), tensor(f"{name}_weights", (size,)), None))
         return levels
-
-
-def search_columns(merged: bool) -> list[str]:
-    """The columns a search reads, with the merged levels' (`merged`) or without."""
-    return [*SEARCH_COLUMNS, *(MERGED_COLUMNS if merged else ())]
 
 
 def _tensor_state(model) -> tuple:

@@ -15,7 +15,7 @@ from ...models.hbi.configuration_hbi import LEVEL_NAMES
 from ...models.hbi.modeling_hbi import HBITextOutput
 from ...models.hbi.wti import LevelTokens, matched_word_frame_similarity
 from .identity import fixed_merge_noise, pooled_embeddings
-from .index import MERGED_COLUMNS, VideoIndex, search_columns
+from .index import SEARCH_COLUMNS, VideoIndex
 from .results import SearchHit
 
 DEFAULT_CHUNK_SIZE = 1024
@@ -123,11 +123,6 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
             raise ValueError(f"{name} must be at least 1, got {value}")
     num_queries = text_outputs.text_embeds.shape[0]
     device, dtype = text_outputs.text_embeds.device, text_outputs.text_embeds.dtype
-    # Ranking needs the levels up to the last one the fusion weighs (only the entity level with the
-    # official retrieval weights); every level's score is computed for the hits alone.
-    weighted = [level for level, weight in enumerate(model.config.level_weights) if weight]
-    ranking_levels = weighted[-1] + 1 if weighted else 1
-    merged = ranking_levels > 1
     pending_pool = None
     with ThreadPoolExecutor(max_workers=1) as first_stage_thread:
         if candidates is not None:
@@ -135,8 +130,7 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
             # computed meanwhile (6 of about 50 ms a query at 10^6 entries). The entity level needs
             # no merging, so no clustering noise.
             entity = model.text_levels(text_outputs.text_embeds, text_outputs.attention_mask, num_levels=1)[0]
-            pending_pool = first_stage_thread.submit(_first_stage_pool, index, entity, candidates, *first_stage,
-                                                     merged)
+            pending_pool = first_stage_thread.submit(_first_stage_pool, index, entity, candidates, *first_stage)
         # Checked meanwhile (a walk over the model's tensors, 2 ms a query in benchmarks/bench_search.py):
         # the scan only reads.
         index.check_model(model)
@@ -147,6 +141,10 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
             text_levels = model.text_levels(text_outputs.text_embeds, text_outputs.attention_mask)
         pool, in_pool = pending_pool.result() if pending_pool is not None else (None, None)
     best = _RunningTopK(num_queries, top_k, device)
+    # Ranking needs the levels up to the last one the fusion weighs (only the entity level with the
+    # official retrieval weights); every level's score is computed for the hits alone.
+    weighted = [level for level, weight in enumerate(model.config.level_weights) if weight]
+    ranking_levels = weighted[-1] + 1 if weighted else 1
 
     def score(rows, first_id, in_pool=None):
         video_levels = index.levels(rows, device=device, dtype=dtype, num_levels=ranking_levels)
@@ -157,7 +155,7 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
 
     if candidates is None:
         position = 0
-        for rows in tqdm(index.scan(chunk_size, search_columns(merged)), desc="scoring entries", disable=not progress):
+        for rows in tqdm(index.scan(chunk_size, SEARCH_COLUMNS), desc="scoring entries", disable=not progress):
             score(rows, position)
             position += rows.num_rows
 
@@ -168,35 +166,23 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
             score(pool, 0, in_pool.to(device))
 
         def hit_rows(ids):
-            rows = pool.take(pa.array(ids, pa.int64()))
-            return rows if merged else _with_merged_outputs(index, rows)
+            return pool.take(pa.array(ids, pa.int64()))
     return _hits(index, model, text_levels, best, hit_rows, chunk_size)
 
 
-def _with_merged_outputs(index: VideoIndex, rows: pa.Table) -> pa.Table:
-    """`rows` (read with their `_rowid`, without the merged levels) with the merged levels' columns."""
-    merged = index.merged_rows(rows.column("_rowid").to_pylist())
-    position = {checksum: row for row, checksum in enumerate(merged.column("checksum").to_pylist())}
-    order = pa.array([position[checksum] for checksum in rows.column("checksum").to_pylist()], pa.int64())
-    for name in MERGED_COLUMNS:
-        rows = rows.append_column(name, merged.column(name).take(order))
-    return rows
-
-
 def _first_stage_pool(index: VideoIndex, text_entity: LevelTokens, candidates: int, nprobes: int | None,
-                      refine_factor: int | None, merged: bool):
+                      refine_factor: int | None):
     """The rows some query keeps among its `candidates` best by pooled embeddings (through the
-    engine's vector search; the merged levels' outputs with `merged`), and `[queries, rows]` flags
-    of whose pool each row is in."""
+    engine's vector search), and `[queries, rows]` flags of whose pool each row is in."""
     query_vectors = pooled_embeddings(text_entity).float().cpu().numpy()
-    pools = [index.nearest(vector, candidates, nprobes, refine_factor, merged) for vector in query_vectors]
+    pools = [index.nearest(vector, candidates, nprobes, refine_factor) for vector in query_vectors]
     position_of, pieces, members = {}, [], []
     for query, rows in enumerate(pools):
         row_ids = rows.column("_rowid").to_pylist()
         fresh = [row for row, row_id in enumerate(row_ids) if row_id not in position_of]
         for row in fresh:
             position_of[row_ids[row]] = len(position_of)
-        pieces.append(rows.take(pa.array(fresh, pa.int64())))
+        pieces.append(rows.take(pa.array(fresh, pa.int64())).drop_columns(["_rowid"]))
         members.append([position_of[row_id] for row_id in row_ids])
     in_pool = torch.zeros(len(pools), len(position_of), dtype=torch.bool)
     for query, positions in enumerate(members):

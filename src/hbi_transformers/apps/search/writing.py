@@ -19,14 +19,13 @@ from .index import (
     INDEX_FORMAT,
     INDEX_VERSION,
     LOCK_NAME,
-    OUTPUT_COLUMNS,
+    MODEL_OUTPUTS,
     STORAGE_DTYPES,
     TABLE_NAME,
     IndexBusyError,
     _connect,
     _schema,
     _write_info,
-    merged_checksums,
     output_layout,
     row_checksums,
 )
@@ -163,17 +162,14 @@ class IndexWriter:
         pooled = tensors["pooled"].float().reshape(-1).numpy()
         arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(pooled), shapes["pooled"]))
         layout = output_layout(shapes, self.info["storage_dtype"])
-        for column, names in OUTPUT_COLUMNS.items():
-            packed = np.ascontiguousarray(np.concatenate(
-                [tensors[name].reshape(len(entries), -1).numpy().astype(layout[name][3]).view(np.uint8) for name in names],
-                axis=1,
-            ))
-            arrays.append(pa.FixedSizeBinaryArray.from_buffers(schema.field(column).type, len(entries),
-                                                               [None, pa.py_buffer(packed)]))
-        checksums = schema.names.index("checksum")
-        rows = pa.Table.from_arrays(arrays, schema=pa.schema(list(schema)[:checksums]))
-        rows = rows.append_column(schema.field("checksum"), pa.array(row_checksums(rows), pa.binary(16)))
-        return rows.append_column(schema.field("merged_checksum"), pa.array(merged_checksums(rows), pa.binary(16)))
+        outputs = np.ascontiguousarray(np.concatenate(
+            [tensors[name].reshape(len(entries), -1).numpy().astype(layout[name][2]).view(np.uint8) for name in MODEL_OUTPUTS],
+            axis=1,
+        ))
+        outputs_type = schema.field("outputs").type
+        arrays.append(pa.FixedSizeBinaryArray.from_buffers(outputs_type, len(entries), [None, pa.py_buffer(outputs)]))
+        rows = pa.Table.from_arrays(arrays, schema=schema.remove(schema.get_field_index("checksum")))
+        return rows.append_column(schema.field("checksum"), pa.array(row_checksums(rows), pa.binary(16)))
 
     def drop_files(self, files) -> None:
         """Removes every row of `files` (one commit)."""
