@@ -207,6 +207,8 @@ def main():
     parser.add_argument("--folder", default=None, help="where to build (default: a temporary folder)")
     parser.add_argument("--keep", default=None, help="build in (and reuse from) KEEP/index-SIZE-FEATURES")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--parts", action="store_true",
+                        help="also time a query's parts: the code scan alone, with the candidates read, the whole query")
     args = parser.parse_args()
 
     model = build_model().to(args.device)
@@ -248,6 +250,42 @@ def main():
                 print(f"{size:>8}  {'two-stage':<10}  {pool:>6}  {recall:>9.1f}  {top1:>6.1f}  {p50:>8.1f}  "
                       f"{p95:>8.1f}", flush=True)
             print(f"  reading 100 random rows by position (checked): {read_rows_ms(index, args.repeats):.1f} ms p50")
+            if args.parts and index.has_ann_index():
+                parts = query_parts_ms(index, texts, model, args.pools[0], args.top_k, args.chunk_size)
+                for name, milliseconds in parts.items():
+                    print(f"  {name}: {milliseconds:.1f} ms p50")
+
+
+def query_parts_ms(index: VideoIndex, texts: HBITextOutput, model, pool: int, top_k: int, chunk_size: int) -> dict:
+    """Where a two-stage query goes, each part timed on its own over every query after 4 warm-up
+    ones (medians): the engine's code scan alone (row ids only), the scan with the candidates'
+    rows read and checked, the whole query."""
+    from hbi_transformers.apps.search.identity import pooled_embeddings
+    from hbi_transformers.apps.search.index import EVERY_PARTITION
+
+    with torch.no_grad():
+        entity = model.text_levels(texts.text_embeds, texts.attention_mask, num_levels=1)[0]
+    vectors = pooled_embeddings(entity).float().cpu().numpy()
+
+    def scan_only(position):
+        query = {"column": "pooled", "q": vectors[position], "k": pool, "metric": "dot", "nprobes": EVERY_PARTITION}
+        index.dataset.to_table(columns=[], nearest=query, with_row_id=True, disable_scoring_autoprojection=True)
+
+    parts = {
+        f"code scan alone ({pool} row ids)": scan_only,
+        f"scan, {pool} rows read and checked": lambda position: index.nearest(vectors[position], pool, None, None),
+        "whole two-stage query": lambda position: search_by_text_features(index, query(texts, position), model, top_k,
+                                                                           chunk_size, pool),
+    }
+    medians = {}
+    for name, run in parts.items():
+        times = []
+        for repeat in range(4 + len(vectors)):
+            start = time.perf_counter()
+            run(repeat % len(vectors))
+            times.append(1000 * (time.perf_counter() - start))
+        medians[name] = statistics.median(times[4:])
+    return medians
 
 
 def read_rows_ms(index: VideoIndex, repeats: int, rows: int = 100) -> float:
