@@ -149,7 +149,8 @@ def test_bert_adam_fused_stays_within_rounding_of_the_loop():
     # per-tensor loop's by at most one unit in the last place a step (two groups, one without
     # decay or clipping, gradients under and over the clipping norm, zero rows, second moments
     # driven subnormal, a parameter without gradient at first); a transposed view (its gradient
-    # laid out otherwise) and float16 ones take the foreach path and match the loop exactly.
+    # laid out otherwise) and float16 ones stay off the kernel (here, with foreach=False, on the
+    # loop) and match the loop exactly.
     torch.manual_seed(0)
     start = [torch.randn(40, 8), torch.randn(300), torch.randn(7), torch.randn(3, 40).t(), torch.randn(9).half()]
     runs = []

@@ -43,8 +43,8 @@ class BertAdam(torch.optim.Optimizer):
     on a CPU: the same formula, its operations in another order (weight decay applied to the
     parameter before the step rather than added to the update; the bias correction switched off by
     a step count at which `beta ** step` is 0), so the parameters move within float32 rounding of
-    the per-tensor loop's (tested; docs/training.md). Other dtypes take the foreach path. Both
-    False: the per-tensor loop.
+    the per-tensor loop's (tested; docs/training.md). Other tensors take the foreach path, or with
+    `foreach=False` the per-tensor loop.
     """
 
     def __init__(self, params, lr: float = 1e-4, betas=(0.9, 0.98), eps: float = 1e-6, weight_decay: float = 0.2,
@@ -61,56 +61,47 @@ class BertAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            if group.get("foreach", True) or group.get("fused", True):
-                self._multi_tensor_group_step(group)
-                continue
-            beta1, beta2 = group["betas"]
-            for parameter in group["params"]:
-                if parameter.grad is None:
-                    continue
-                if group["max_grad_norm"] > 0:
-                    torch.nn.utils.clip_grad_norm_(parameter, group["max_grad_norm"])
-                grad = parameter.grad
+            parameters = [parameter for parameter in group["params"] if parameter.grad is not None]
+            for parameter in parameters:
                 state = self.state[parameter]
                 if not state:
                     state["exp_avg"] = torch.zeros_like(parameter)
                     state["exp_avg_sq"] = torch.zeros_like(parameter)
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                update = exp_avg / (exp_avg_sq.sqrt() + group["eps"])
-                if group["weight_decay"] > 0:
-                    update += group["weight_decay"] * parameter
-                # As officially, the scaled update is rounded to the parameter's dtype first: a
-                # float16 `add_(..., alpha=lr)` on CPU would round lr itself (1e-7 -> 1.19e-7).
-                parameter.sub_(group["lr"] * update)
+            fused, rest = [], []
+            for parameter in parameters:
+                (fused if group.get("fused", True) and _has_fused_kernel(parameter) else rest).append(parameter)
+            if fused:
+                self._fused_update(group, fused, self._clipping_coefficients(group, fused))
+            if rest and group.get("foreach", True):
+                self._foreach_update(group, rest, self._clipping_coefficients(group, rest))
+            elif rest:
+                self._loop_update(group, rest)
         return loss
 
-    def _multi_tensor_group_step(self, group: dict) -> None:
-        parameters = [parameter for parameter in group["params"] if parameter.grad is not None]
-        if not parameters:
-            return
+    def _loop_update(self, group: dict, parameters: list) -> None:
+        """The official per-tensor sequence of operations."""
+        beta1, beta2 = group["betas"]
         for parameter in parameters:
-            state = self.state[parameter]
-            if not state:
-                state["exp_avg"] = torch.zeros_like(parameter)
-                state["exp_avg_sq"] = torch.zeros_like(parameter)
-        coefficients = self._clipping_coefficients(group, [parameter.grad for parameter in parameters])
-        fused = [group.get("fused", True) and _has_fused_kernel(parameter) for parameter in parameters]
-        for use_fused in (True, False):
-            chosen = [index for index, flag in enumerate(fused) if flag == use_fused]
-            if not chosen:
-                continue
-            update = self._fused_update if use_fused else self._foreach_update
-            update(group, [parameters[index] for index in chosen],
-                   None if coefficients is None else [coefficients[index] for index in chosen])
+            if group["max_grad_norm"] > 0:
+                torch.nn.utils.clip_grad_norm_(parameter, group["max_grad_norm"])
+            grad = parameter.grad
+            exp_avg, exp_avg_sq = self.state[parameter]["exp_avg"], self.state[parameter]["exp_avg_sq"]
+            exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            update = exp_avg / (exp_avg_sq.sqrt() + group["eps"])
+            if group["weight_decay"] > 0:
+                update += group["weight_decay"] * parameter
+            # As officially, the scaled update is rounded to the parameter's dtype first: a
+            # float16 `add_(..., alpha=lr)` on CPU would round lr itself (1e-7 -> 1.19e-7).
+            parameter.sub_(group["lr"] * update)
 
     @staticmethod
-    def _clipping_coefficients(group: dict, grads: list[torch.Tensor]) -> list[torch.Tensor] | None:
-        """Each tensor's clipping factor on its own norm, as `clip_grad_norm_` on one tensor
+    def _clipping_coefficients(group: dict, parameters: list[torch.Tensor]) -> list[torch.Tensor] | None:
+        """Each gradient's clipping factor on its own norm, as `clip_grad_norm_` on one tensor
         computes it, in the gradient's dtype (None without clipping)."""
         if group["max_grad_norm"] <= 0:
             return None
+        grads = [parameter.grad for parameter in parameters]
         coefficients = [None] * len(grads)
         by_dtype: dict[torch.dtype, list[int]] = {}
         for index, grad in enumerate(grads):

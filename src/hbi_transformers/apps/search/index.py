@@ -386,8 +386,11 @@ class VideoIndex:
 
     def output(self, rows, name: str) -> np.ndarray:
         """One model output of rows read from the index, `[rows, values]` (a copy)."""
+        return self._unpacked(_output_bytes(rows), name)
+
+    def _unpacked(self, outputs: np.ndarray, name: str) -> np.ndarray:
         offset, values, dtype = self._layout[name]
-        return _output_bytes(rows)[:, offset : offset + values * dtype.itemsize].copy().view(dtype)
+        return outputs[:, offset : offset + values * dtype.itemsize].copy().view(dtype)
 
     @functools.cached_property
     def _layout(self) -> dict:
@@ -397,12 +400,13 @@ class VideoIndex:
         """The video side of each level (the first `num_levels`), as `HBIModel.video_levels` made
         it, of rows read from the index."""
         frames, dim = self.shapes["video_mask"], self.shapes["pooled"]
+        outputs = _output_bytes(rows)
 
         def tensor(name, per_row):
-            return torch.from_numpy(self.output(rows, name).reshape(-1, *per_row)).to(device=device, dtype=dtype)
+            return torch.from_numpy(self._unpacked(outputs, name).reshape(-1, *per_row)).to(device=device, dtype=dtype)
 
         video_embeds = tensor("video_embeds", (frames, dim))
-        mask = torch.from_numpy(self.output(rows, "video_mask").astype(np.int64)).to(device)
+        mask = torch.from_numpy(self._unpacked(outputs, "video_mask").astype(np.int64)).to(device)
         names = LEVEL_NAMES[:num_levels]
         # The entity tokens are the normalised frame embeddings: not stored twice.
         levels = [LevelTokens(l2_normalize(video_embeds), tensor("entity_weights", (frames,)), mask)]

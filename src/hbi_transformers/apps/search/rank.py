@@ -81,7 +81,6 @@ def search(
     """
     queries = [queries] if isinstance(queries, str) else list(queries)
     index = VideoIndex.open(index_dir)
-    index.check_model(model)
     tokens = processor(text=queries, return_tensors="pt")
     was_training = model.training
     model.eval()
