@@ -156,7 +156,7 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000])
     parser.add_argument("--words", type=int, default=24)
     parser.add_argument("--frames", type=int, default=12)
-    parser.add_argument("--chunk-size", type=int, default=256)
+    parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--official-pairs", type=int, default=60, help="chunk pairs of the official schedule to time")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

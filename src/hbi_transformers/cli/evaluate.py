@@ -27,7 +27,7 @@ DESCRIPTION = (
 class EvaluationArguments:
     output_json: str | None = field(default=None, metadata={"help": "Write the metrics here as JSON."})
     batch_size: int = field(default=64, metadata={"help": "Captions or videos encoded at once."})
-    chunk_size: int = field(default=256, metadata={"help": "Texts x videos per scoring block."})
+    chunk_size: int = field(default=64, metadata={"help": "Texts x videos per scoring block."})
     dual_softmax: bool = field(default=False, metadata={"help": "Also report dual-softmax re-ranked metrics."})
     device: str | None = field(default=None, metadata={"help": "None: cuda when available, else cpu."})
 

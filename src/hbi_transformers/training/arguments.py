@@ -41,7 +41,7 @@ class HBITrainingArguments(TrainingArguments):
     )
     freeze_patch_embedding: bool = field(default=True, metadata={"help": "Freeze CLIP's patch embedding, as officially."})
     max_logit_scale: float = field(default=math.log(100), metadata={"help": "Clamp of the log temperature after each step."})
-    eval_chunk_size: int = field(default=256, metadata={"help": "Texts x videos per scoring block at evaluation."})
+    eval_chunk_size: int = field(default=64, metadata={"help": "Texts x videos per scoring block at evaluation."})
     eval_dual_softmax: bool = field(default=False, metadata={"help": "Also report dual-softmax re-ranked metrics."})
 
     # What the official selection keeps the best of.

@@ -509,7 +509,7 @@ class HBIModel(HBIPreTrainedModel):
         self,
         text_outputs: HBITextOutput,
         video_outputs: HBIVideoOutput,
-        chunk_size: int = 256,
+        chunk_size: int = 64,
         merge_group_size: int = OFFICIAL_MERGE_GROUP_SIZE,
     ) -> HBISimilarityOutput:
         """Scores every text against every video from `get_text_features` / `get_video_features`
@@ -529,7 +529,7 @@ class HBIModel(HBIPreTrainedModel):
 
     @torch.no_grad()
     def similarity_from_levels(
-        self, text_levels: list[LevelTokens], video_levels: list[LevelTokens], chunk_size: int = 256
+        self, text_levels: list[LevelTokens], video_levels: list[LevelTokens], chunk_size: int = 64
     ) -> HBISimilarityOutput:
         """Scores texts against videos from their level tokens (`text_levels` / `video_levels`),
         in blocks of `chunk_size` x `chunk_size`: for galleries whose level tokens are stored,

@@ -14,7 +14,7 @@ def evaluate_retrieval(
     collator: HBIDataCollator,
     records: Iterable[VideoTextRecord | Mapping],
     batch_size: int = 64,
-    chunk_size: int = 256,
+    chunk_size: int = 64,
     dual_softmax: bool = False,
     progress: bool = True,
 ) -> dict[str, float | int]:
@@ -43,7 +43,7 @@ class RetrievalEvaluator:
 
     collator: HBIDataCollator
     batch_size: int = 64
-    chunk_size: int = 256
+    chunk_size: int = 64
     dual_softmax: bool = False
 
     def __call__(self, model, dataset, progress: bool = True) -> dict[str, float | int]:
