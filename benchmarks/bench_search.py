@@ -30,6 +30,7 @@ codes: IVF with `sqrt(n)` partitions, or RaBitQ with `--rq-bits`), searched with
 """
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -118,7 +119,7 @@ def replace_vector_index(index: VideoIndex, kind: str, rq_bits: int) -> VideoInd
     from hbi_transformers.apps.search.writing import create_ann_index
 
     if kind == "ivf_rq":
-        create_ann_index(index.dataset, len(index), rq_bits, replace=True)
+        create_ann_index(index.dataset, rq_bits, replace=True)
     else:
         partitions = max(1, round(len(index) ** 0.5))
         config = {"ivf_pq": lambda: IvfPq(distance_type="dot", num_partitions=partitions, num_sub_vectors=DIM // 8),
@@ -230,7 +231,9 @@ def main():
                                   attention_mask=texts.attention_mask.to(args.device))
             built = "reused" if build_seconds is None else f"built in {build_seconds:.0f} s ({size / build_seconds:.0f} entries/s)"
             print(f"{size} entries: {built}, {disk_bytes(folder) / 2**30:.2f} GiB on disk, of which the current "
-                  f"version {current_version_bytes(index) / 2**30:.2f} GiB, ANN index: {index.has_ann_index()}",
+                  f"version {current_version_bytes(index) / 2**30:.2f} GiB, ANN index: {index.has_ann_index()} "
+                  f"({sum(len(described.segments) for described in index.dataset.describe_indices())} segments, "
+                  f"engine threads {os.environ.get('LANCE_CPU_THREADS')})",
                   flush=True)
             start = time.perf_counter()
             exhaustive = top_ids(search_by_text_features(index, texts, model, args.top_k, args.chunk_size))

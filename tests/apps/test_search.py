@@ -554,6 +554,32 @@ def test_the_first_stage_index_finds_the_pool_and_takes_new_files(model, process
         search(index_dir, QUERIES, model, processor, top_k=6, candidates=6, nprobes=0)
 
 
+def test_the_first_stage_index_is_built_in_segments_that_keep_their_size_as_files_arrive(
+    model, processor, video_folder, tmp_path, monkeypatch
+):
+    from hbi_transformers.apps.search import writing
+
+    # Two rows a segment instead of 500,000: the 5 clips, one commit each, make two segments.
+    monkeypatch.setattr(writing, "ROWS_PER_SEGMENT", 2)
+    index_dir = tmp_path / "index"
+    build_index(video_folder, model, processor, index_dir, ann_min_rows=4, batch_rows=1, progress=False)
+
+    def segment_rows(index):
+        rows_of = {fragment.fragment_id: fragment.count_rows() for fragment in index.dataset.get_fragments()}
+        (described,) = index.dataset.describe_indices()
+        assert described.num_rows_indexed == len(index)
+        return sorted(sum(rows_of[fragment] for fragment in segment.fragment_ids) for segment in described.segments)
+
+    index = VideoIndex.open(index_dir)
+    assert len(index) == 5 and len(index.dataset.get_fragments()) == 3 and segment_rows(index) == [2, 3]
+    write_clip(video_folder / "late.mp4", seed=9)
+    build_index(video_folder, model, processor, index_dir, ann_min_rows=4, batch_rows=1, progress=False)
+    # The new row joins no full segment: it starts its own.
+    assert segment_rows(VideoIndex.open(index_dir)) == [1, 2, 3]
+    exhaustive = search(index_dir, QUERIES, model, processor, top_k=6)
+    assert_same_hits(search(index_dir, QUERIES, model, processor, top_k=6, candidates=6), exhaustive)
+
+
 def test_an_earlier_releases_graph_index_is_searched_exactly_then_rebuilt(
     model, processor, video_folder, tmp_path, caplog
 ):

@@ -20,8 +20,9 @@ own videos"):
   L2-normalised tokens of the levels above the entity level, from `HBIModel.video_levels`), and
   `checksum`, a digest of the row that every read checks. From `DEFAULT_ANN_MIN_ROWS` rows on
   the table carries a vector index over `pooled`: 4-bit RaBitQ codes of every row
-  (`writing.create_ann_index`); one of an earlier release's kind (HNSW) is searched exactly, with
-  a warning, and rebuilt by the next `build_index`.
+  (`writing.create_ann_index`), in segments of about 500,000 rows that a search scans in parallel,
+  one per core; one of an earlier release's kind (HNSW) is searched exactly, with a warning, and
+  rebuilt by the next `build_index`.
 - `write.lock`: the write lock (`fcntl`), held by the one process changing the index.
 
 An entry is a whole video, or with `segment_seconds` one fixed window of it, so that a hit

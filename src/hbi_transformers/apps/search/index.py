@@ -426,6 +426,14 @@ def _tensor_state(model) -> tuple:
 def _connect(index_dir):
     """The index folder's LanceDB database. lancedb is imported here, not with the package: its
     import costs 0.3 s and lance is not fork-safe, while training forks DataLoader workers."""
+    # The engine scans the segments of the first-stage index in parallel on its compute threads, of
+    # which it keeps one on up to 3 cores (it reserves 2 for IO, idle while the table is in the page
+    # cache). It reads the setting at its first task; one the user set is kept.
+    os.environ.setdefault("LANCE_CPU_THREADS", str(_usable_cores()))
     import lancedb
 
     return lancedb.connect(index_dir)
+
+
+def _usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

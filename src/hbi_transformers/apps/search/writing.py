@@ -5,6 +5,7 @@ time."""
 import fcntl
 import math
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -31,10 +32,17 @@ from .index import (
 )
 
 
-# The first stage's vector index: RaBitQ codes of RQ_BITS per dimension, in IVF partitions of about
-# ROWS_PER_PARTITION rows (the units the engine loads and updates; a search scans all of them).
+# The first stage's vector index: RaBitQ codes of RQ_BITS per dimension, in segments of about
+# ROWS_PER_SEGMENT rows that the engine scans in parallel, one per compute thread, each in IVF
+# partitions of about ROWS_PER_PARTITION rows (the units the engine loads and updates; a search
+# scans all of them).
+ROWS_PER_SEGMENT = 500_000
+ANN_INDEX_NAME = "pooled_idx"
 ROWS_PER_PARTITION = 250_000
 RQ_BITS = 4
+# Versions of the table superseded by a compaction are kept this long for the readers still on
+# them (LanceDB's default).
+KEEP_OLD_VERSIONS = timedelta(days=7)
 
 
 @torch.no_grad()
@@ -190,28 +198,24 @@ class IndexWriter:
 
     def maintain_ann_index(self, min_rows: int) -> None:
         """Builds the first stage's vector index (RaBitQ codes of the pooled vectors,
-        `create_ann_index`) once the table has `min_rows` rows, and folds new rows into it (with the
-        compaction of small commits) afterwards. An index of another kind (the HNSW graphs of
-        earlier releases) is rebuilt."""
+        `create_ann_index`) once the table has `min_rows` rows, and folds new rows into it
+        afterwards (`fold_new_rows`). An index of another kind (the HNSW graphs of earlier
+        releases) is rebuilt."""
         if self.table is None:
             return
-        count = self.table.count_rows()
         dataset = self.table.to_lance()
         indices = dataset.describe_indices()
-        has_index = bool(indices)
-        if has_index and indices[0].index_type != FIRST_STAGE_INDEX_TYPE:
-            create_ann_index(dataset, count, replace=True)
-        elif not has_index and count >= min_rows:
-            # One file per commit until now: compacted first, a search's take of its candidate rows
-            # reads one fragment instead of one per commit (12 -> 5 ms for 100 rows of 98 commits).
-            self.table.optimize()
-            create_ann_index(self.table.to_lance(), count)
-        elif has_index:
-            self.table.optimize()
+        if indices and indices[0].index_type != FIRST_STAGE_INDEX_TYPE:
+            create_ann_index(dataset, replace=True)
+        elif not indices and dataset.count_rows() >= min_rows:
+            create_ann_index(dataset)
+        elif indices:
+            fold_new_rows(dataset)
 
 
-def create_ann_index(dataset, num_rows: int, num_bits: int = RQ_BITS, replace: bool = False) -> None:
-    """Indexes the pooled vectors of the table's Lance `dataset` for the first stage.
+def create_ann_index(dataset, num_bits: int = RQ_BITS, replace: bool = False) -> None:
+    """Indexes the pooled vectors of the table's Lance `dataset` for the first stage, in segments
+    of about `ROWS_PER_SEGMENT` rows.
 
     A scan of every row's RaBitQ code rather than a graph or partition probing: a caption's top 10
     by HBI holds videos whose pooled vectors are only moderately close to the query's (exact pooled
@@ -220,6 +224,73 @@ def create_ann_index(dataset, num_rows: int, num_bits: int = RQ_BITS, replace: b
     does the graph (HNSW, m 20: 81% recall@10 at 57 ms a query), where 4-bit codes of every row,
     256 B each, rank them in one pass (97.5% recall@10; benchmarks/bench_search.py). Built through
     Lance rather than LanceDB's `IvfRq` config: the same settings built that way took 43 ms instead
-    of 22 ms to scan 10^6 codes (lancedb 0.40, pylance 9.0)."""
-    dataset.create_index("pooled", FIRST_STAGE_INDEX_TYPE, metric="dot", replace=replace, num_bits=num_bits,
-                         num_partitions=max(1, math.ceil(num_rows / ROWS_PER_PARTITION)))
+    of 22 ms to scan 10^6 codes (lancedb 0.40, pylance 9.0).
+
+    The table is first compacted into fragments of at most `ROWS_PER_SEGMENT` rows (one per commit
+    until then: reading 100 candidate rows of a 100,000-row table written in 98 commits took 12 ms,
+    5 ms compacted), and each segment covers whole fragments. The segments share one model (IVF
+    centroids trained on the whole column, one RaBitQ rotation), so that the engine may merge them
+    and a query's codes mean the same in each. A table written by an earlier release as one
+    fragment gets one segment."""
+    from lance.indices import IndicesBuilder
+    from lance.lance import indices as lance_indices
+
+    if replace:
+        # Searches of the versions in between scan the pooled vectors exactly; a crash in between
+        # leaves a table without an index, which the next run builds.
+        for described in dataset.describe_indices():
+            dataset.drop_index(described.name)
+    dataset.optimize.compact_files(target_rows_per_fragment=ROWS_PER_SEGMENT)
+    dataset = _latest(dataset)
+    num_rows = dataset.count_rows()
+    num_partitions = max(1, math.ceil(num_rows / ROWS_PER_PARTITION))
+    # The engine's sample (256 rows per centroid), or every row of a smaller table.
+    sample_rate = max(1, min(256, num_rows // num_partitions))
+    centroids = IndicesBuilder(dataset, "pooled").train_ivf(
+        num_partitions, distance_type="dot", sample_rate=sample_rate
+    ).centroids
+    rotation = lance_indices.build_rq_model(dataset.schema.field("pooled").type.list_size, num_bits=num_bits)
+    segments = [
+        dataset.create_index_uncommitted("pooled", FIRST_STAGE_INDEX_TYPE, name=ANN_INDEX_NAME, metric="dot",
+                                         num_bits=num_bits, num_partitions=num_partitions, ivf_centroids=centroids,
+                                         rabitq_model=rotation, fragment_ids=fragment_ids)
+        for fragment_ids in segment_fragments(dataset)
+    ]
+    dataset.commit_existing_index_segments(ANN_INDEX_NAME, "pooled", segments)
+
+
+def segment_fragments(dataset) -> list[list[int]]:
+    """The table's fragments cut, in order, into groups of about `ROWS_PER_SEGMENT` rows (as many
+    groups as the rows make segments, at least one), each a list of fragment ids."""
+    fragments = [(fragment.fragment_id, fragment.count_rows()) for fragment in dataset.get_fragments()]
+    total = sum(rows for _, rows in fragments)
+    num_segments = min(max(1, round(total / ROWS_PER_SEGMENT)), len(fragments))
+    groups = [[] for _ in range(num_segments)]
+    before = 0
+    for fragment_id, rows in fragments:
+        # A fragment joins the segment its middle row falls in.
+        groups[min(int((before + rows / 2) * num_segments / total), num_segments - 1)].append(fragment_id)
+        before += rows
+    return [group for group in groups if group]
+
+
+def fold_new_rows(dataset) -> None:
+    """What LanceDB's `optimize` does, keeping the segments: compacts the commits' small fragments
+    (into fragments of at most `ROWS_PER_SEGMENT` rows), adds the rows not yet indexed to the newest
+    segment while it stays within `ROWS_PER_SEGMENT` rows, else as a new segment (the engine's
+    default would merge every segment into one), and removes the files of versions older than
+    `KEEP_OLD_VERSIONS`."""
+    dataset.optimize.compact_files(target_rows_per_fragment=ROWS_PER_SEGMENT)
+    dataset = _latest(dataset)
+    described = dataset.describe_indices()[0]
+    unindexed = dataset.count_rows() - described.num_rows_indexed
+    if unindexed > 0:
+        rows_of = {fragment.fragment_id: fragment.count_rows() for fragment in dataset.get_fragments()}
+        newest = max(described.segments, key=lambda segment: segment.created_at)
+        newest_rows = sum(rows_of.get(fragment_id, 0) for fragment_id in newest.fragment_ids)
+        dataset.optimize.optimize_indices(num_indices_to_merge=int(newest_rows + unindexed <= ROWS_PER_SEGMENT))
+    _latest(dataset).cleanup_old_versions(older_than=KEEP_OLD_VERSIONS)
+
+
+def _latest(dataset):
+    return dataset.checkout_version(dataset.latest_version)
