@@ -565,9 +565,11 @@ def test_the_first_stage_index_is_built_in_segments_that_keep_their_size_as_file
     build_index(video_folder, model, processor, index_dir, ann_min_rows=4, batch_rows=1, progress=False)
 
     def segment_rows(index):
+        """The live rows of each segment, once every fragment is checked to be in one."""
         rows_of = {fragment.fragment_id: fragment.count_rows() for fragment in index.dataset.get_fragments()}
         (described,) = index.dataset.describe_indices()
-        assert described.num_rows_indexed == len(index)
+        covered = [fragment for segment in described.segments for fragment in segment.fragment_ids]
+        assert sorted(covered) == sorted(rows_of)
         return sorted(sum(rows_of[fragment] for fragment in segment.fragment_ids) for segment in described.segments)
 
     index = VideoIndex.open(index_dir)
@@ -576,6 +578,13 @@ def test_the_first_stage_index_is_built_in_segments_that_keep_their_size_as_file
     build_index(video_folder, model, processor, index_dir, ann_min_rows=4, batch_rows=1, progress=False)
     # The new row joins no full segment: it starts its own.
     assert segment_rows(VideoIndex.open(index_dir)) == [1, 2, 3]
+    # A deleted file's row leaves its segment; the next new row joins the newest segment, which
+    # has room again.
+    (video_folder / "clip0.mp4").unlink()
+    write_clip(video_folder / "later.mp4", seed=10)
+    build_index(video_folder, model, processor, index_dir, ann_min_rows=4, batch_rows=1, progress=False)
+    index = VideoIndex.open(index_dir)
+    assert len(index) == 6 and sum(segment_rows(index)) == 6 and len(segment_rows(index)) == 3
     exhaustive = search(index_dir, QUERIES, model, processor, top_k=6)
     assert_same_hits(search(index_dir, QUERIES, model, processor, top_k=6, candidates=6), exhaustive)
 

@@ -282,11 +282,13 @@ def fold_new_rows(dataset) -> None:
     `KEEP_OLD_VERSIONS`."""
     dataset.optimize.compact_files(target_rows_per_fragment=ROWS_PER_SEGMENT)
     dataset = _latest(dataset)
-    described = dataset.describe_indices()[0]
-    unindexed = dataset.count_rows() - described.num_rows_indexed
+    segments = dataset.describe_indices()[0].segments
+    # Live rows per fragment: deleted rows no longer count towards a segment's size.
+    rows_of = {fragment.fragment_id: fragment.count_rows() for fragment in dataset.get_fragments()}
+    indexed = {fragment_id for segment in segments for fragment_id in segment.fragment_ids}
+    unindexed = sum(rows for fragment_id, rows in rows_of.items() if fragment_id not in indexed)
     if unindexed > 0:
-        rows_of = {fragment.fragment_id: fragment.count_rows() for fragment in dataset.get_fragments()}
-        newest = max(described.segments, key=lambda segment: segment.created_at)
+        newest = max(segments, key=lambda segment: segment.created_at)
         newest_rows = sum(rows_of.get(fragment_id, 0) for fragment_id in newest.fragment_ids)
         dataset.optimize.optimize_indices(num_indices_to_merge=int(newest_rows + unindexed <= ROWS_PER_SEGMENT))
     _latest(dataset).cleanup_old_versions(older_than=KEEP_OLD_VERSIONS)
