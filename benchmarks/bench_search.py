@@ -264,19 +264,17 @@ def query_parts_ms(index: VideoIndex, texts: HBITextOutput, model, pool: int, to
     ones (medians): the engine's code scan alone (row ids only), the scan with the candidates'
     rows read and checked, the whole query."""
     from hbi_transformers.apps.search.identity import pooled_embeddings
-    from hbi_transformers.apps.search.index import EVERY_PARTITION
 
     with torch.no_grad():
         entity = model.text_levels(texts.text_embeds, texts.attention_mask, num_levels=1)[0]
     vectors = pooled_embeddings(entity).float().cpu().numpy()
 
     def scan_only(position):
-        query = {"column": "pooled", "q": vectors[position], "k": pool, "metric": "dot", "nprobes": EVERY_PARTITION}
-        index.dataset.to_table(columns=[], nearest=query, with_row_id=True, disable_scoring_autoprojection=True)
+        return index.nearest_ids(vectors[position], pool, None, None)
 
     parts = {
         f"code scan alone ({pool} row ids)": scan_only,
-        f"scan, {pool} rows read and checked": lambda position: index.nearest(vectors[position], pool, None, None),
+        f"scan, {pool} rows read and checked": lambda position: index.take_rows(scan_only(position)),
         "whole two-stage query": lambda position: search_by_text_features(index, query(texts, position), model, top_k,
                                                                            chunk_size, pool),
     }

@@ -554,6 +554,23 @@ def test_the_first_stage_index_finds_the_pool_and_takes_new_files(model, process
         search(index_dir, QUERIES, model, processor, top_k=6, candidates=6, nprobes=0)
 
 
+def test_rows_in_several_queries_pools_are_read_once(model, processor, video_folder, tmp_path, monkeypatch):
+    index_dir = tmp_path / "index"
+    build_index(video_folder, model, processor, index_dir, ann_min_rows=4, progress=False)
+    reads = []
+    original = VideoIndex.take_rows
+
+    def counted(self, row_ids):
+        reads.append(list(row_ids))
+        return original(self, row_ids)
+
+    monkeypatch.setattr(VideoIndex, "take_rows", counted)
+    # The same caption twice: two pools of the same 3 rows.
+    hits = search(index_dir, [QUERIES[0], QUERIES[0]], model, processor, top_k=3, candidates=3)
+    assert len(reads) == 1 and len(reads[0]) == len(set(reads[0])) == 3
+    assert [hit.file for hit in hits[0]] == [hit.file for hit in hits[1]]
+
+
 def test_the_first_stage_index_is_built_in_segments_that_keep_their_size_as_files_arrive(
     model, processor, video_folder, tmp_path, monkeypatch
 ):

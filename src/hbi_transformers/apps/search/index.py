@@ -334,25 +334,30 @@ class VideoIndex:
         self._verify(rows)
         return rows
 
-    def nearest(self, vector: np.ndarray, k: int, nprobes: int | None, refine_factor: int | None) -> pa.Table:
-        """The `k` rows (checked; the columns a search reads) with the largest dot product of their pooled vector with
-        `vector`: by the ANN index when there is one (`nprobes` of its partitions scanned, None:
-        all; with a `refine_factor`, `k` x `refine_factor` approximate neighbours re-ranked on the
-        exact vectors, else the index's quantised distances decide), else by an exact scan. An
-        index of an earlier release's kind (HNSW) is not used: the scan is exact, with a warning
-        naming the command that rebuilds it."""
+    def nearest_ids(self, vector: np.ndarray, k: int, nprobes: int | None, refine_factor: int | None) -> list[int]:
+        """The row ids of the `k` rows with the largest dot product of their pooled vector with
+        `vector`, best first: by the ANN index when there is one (`nprobes` of its partitions
+        scanned, None: all; with a `refine_factor`, `k` x `refine_factor` approximate neighbours
+        re-ranked on the exact vectors, else the index's quantised distances decide), else by an
+        exact scan. An index of an earlier release's kind (HNSW) is not used: the scan is exact,
+        with a warning naming the command that rebuilds it. Only ids: their rows are read by
+        `take_rows`, once for all the queries they serve."""
         query = {"column": "pooled", "q": vector, "k": k, "metric": "dot", "refine_factor": refine_factor,
                  # The engine probes min(nprobes, partitions): the bound scans every partition.
                  "nprobes": nprobes or EVERY_PARTITION, "use_index": not self._outdated_ann_index}
-        # Row ids first, then their rows: 27 instead of 33 ms for 100 of 10^6 rows, where the engine
-        # reads the rows of its top k itself (benchmarks/bench_search.py --parts). `_take_rows` is
-        # pylance's own (marked internal) read by row id; the version is pinned in setup.py.
-        row_ids = self._guarded(lambda: self.dataset.to_table(
+        return self._guarded(lambda: self.dataset.to_table(
             columns=[], nearest=query, with_row_id=True, disable_scoring_autoprojection=True
-        )).column("_rowid")
+        )).column("_rowid").to_pylist()
+
+    def take_rows(self, row_ids: list[int]) -> pa.Table:
+        """Rows (checked; the columns a search reads) by row id, in the order given. Ids from
+        `nearest_ids` then their rows took 27 ms for 100 of 10^6 rows, against 33 ms where the
+        engine read the rows of its top k itself (benchmarks/bench_search.py --parts).
+        `_take_rows` is pylance's own (marked internal) read by row id; the version is pinned in
+        setup.py."""
         rows = self._guarded(lambda: self.dataset._take_rows(row_ids, columns=list(SEARCH_COLUMNS)))
         self._verify(rows)
-        return rows.append_column("_rowid", row_ids)
+        return rows
 
     @functools.cached_property
     def _outdated_ann_index(self) -> bool:

@@ -172,21 +172,18 @@ def _rank(index: VideoIndex, text_outputs: HBITextOutput, model, top_k, chunk_si
 def _first_stage_pool(index: VideoIndex, text_entity: LevelTokens, candidates: int, nprobes: int | None,
                       refine_factor: int | None):
     """The rows some query keeps among its `candidates` best by pooled embeddings (through the
-    engine's vector search), and `[queries, rows]` flags of whose pool each row is in."""
+    engine's vector search), each read once however many pools it is in, and `[queries, rows]`
+    flags of whose pool each row is in."""
     query_vectors = pooled_embeddings(text_entity).float().cpu().numpy()
-    pools = [index.nearest(vector, candidates, nprobes, refine_factor) for vector in query_vectors]
-    position_of, pieces, members = {}, [], []
-    for query, rows in enumerate(pools):
-        row_ids = rows.column("_rowid").to_pylist()
-        fresh = [row for row, row_id in enumerate(row_ids) if row_id not in position_of]
-        for row in fresh:
-            position_of[row_ids[row]] = len(position_of)
-        pieces.append(rows.take(pa.array(fresh, pa.int64())).drop_columns(["_rowid"]))
-        members.append([position_of[row_id] for row_id in row_ids])
+    pools = [index.nearest_ids(vector, candidates, nprobes, refine_factor) for vector in query_vectors]
+    position_of = {}
+    for row_ids in pools:
+        for row_id in row_ids:
+            position_of.setdefault(row_id, len(position_of))
     in_pool = torch.zeros(len(pools), len(position_of), dtype=torch.bool)
-    for query, positions in enumerate(members):
-        in_pool[query, positions] = True
-    return pa.concat_tables(pieces), in_pool
+    for query, row_ids in enumerate(pools):
+        in_pool[query, [position_of[row_id] for row_id in row_ids]] = True
+    return index.take_rows(list(position_of)), in_pool
 
 
 def best_matching_frames(text: LevelTokens, video: LevelTokens) -> torch.Tensor:

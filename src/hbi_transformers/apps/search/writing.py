@@ -240,8 +240,7 @@ def create_ann_index(dataset, num_bits: int = RQ_BITS, replace: bool = False) ->
         # leaves a table without an index, which the next run builds.
         for described in dataset.describe_indices():
             dataset.drop_index(described.name)
-    dataset.optimize.compact_files(target_rows_per_fragment=ROWS_PER_SEGMENT)
-    dataset = _latest(dataset)
+    dataset = _compacted(dataset)
     num_rows = dataset.count_rows()
     num_partitions = max(1, math.ceil(num_rows / ROWS_PER_PARTITION))
     # The engine's sample (256 rows per centroid), or every row of a smaller table.
@@ -280,8 +279,7 @@ def fold_new_rows(dataset) -> None:
     segment while it stays within `ROWS_PER_SEGMENT` rows, else as a new segment (the engine's
     default would merge every segment into one), and removes the files of versions older than
     `KEEP_OLD_VERSIONS`."""
-    dataset.optimize.compact_files(target_rows_per_fragment=ROWS_PER_SEGMENT)
-    dataset = _latest(dataset)
+    dataset = _compacted(dataset)
     segments = dataset.describe_indices()[0].segments
     # Live rows per fragment: deleted rows no longer count towards a segment's size.
     rows_of = {fragment.fragment_id: fragment.count_rows() for fragment in dataset.get_fragments()}
@@ -292,6 +290,13 @@ def fold_new_rows(dataset) -> None:
         newest_rows = sum(rows_of.get(fragment_id, 0) for fragment_id in newest.fragment_ids)
         dataset.optimize.optimize_indices(num_indices_to_merge=int(newest_rows + unindexed <= ROWS_PER_SEGMENT))
     _latest(dataset).cleanup_old_versions(older_than=KEEP_OLD_VERSIONS)
+
+
+def _compacted(dataset):
+    """The latest version after merging the commits' small fragments into fragments of at most
+    `ROWS_PER_SEGMENT` rows."""
+    dataset.optimize.compact_files(target_rows_per_fragment=ROWS_PER_SEGMENT)
+    return _latest(dataset)
 
 
 def _latest(dataset):
