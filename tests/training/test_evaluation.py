@@ -118,7 +118,7 @@ def test_workers_decode_and_this_process_counts(tmp_path, monkeypatch):
     pids = [int(line) for line in decoders.read_text().split()]
     assert pids[:3] == [os.getpid()] * 3 and len(pids) == 6
     assert os.getpid() not in pids[3:] and len(set(pids[3:])) == 2
-    (alone, alone_collator), (parallel, parallel_collator) = results[0], results[2]
+    (alone, _), (parallel, parallel_collator) = results[0], results[2]
     assert [batch.positions for batch in parallel] == [batch.positions for batch in alone] == [[0, 1], [2], [4]]
     for ours, theirs in zip(parallel, alone):
         assert torch.equal(ours.videos.video_embeds, theirs.videos.video_embeds)

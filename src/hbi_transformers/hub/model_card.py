@@ -47,7 +47,7 @@ from huggingface_hub.utils import validate_repo_id
 from ..training.metrics.retrieval import format_metrics_table
 from ..training.metrics.video_qa import format_qa_table
 from .example_clip import EXAMPLE_VIDEO, ExampleClip, ensure_example, synthetic_example
-from .metrics_files import CardMetrics, card_metrics_from, read_metrics, retrieval_figures
+from .metrics_files import CardMetrics, card_metrics_from, read_metrics
 
 TEMPLATES = Path(__file__).with_name("templates")  # package data, so that an installed wheel renders cards too
 TEMPLATE_PATH = TEMPLATES / "hbi_template.md"

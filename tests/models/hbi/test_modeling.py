@@ -6,7 +6,9 @@ import torch
 from conftest import make_batch, run_without_package, tiny_config
 from transformers import AutoConfig, AutoModel, CLIPConfig, CLIPModel
 
-from hbi_transformers import HBIConfig, HBIModel
+from hbi_transformers import HBIConfig, HBIModel, HBITextOutput, HBIVideoOutput
+from hbi_transformers.models.hbi import modeling_hbi
+from hbi_transformers.models.hbi.wti import LevelTokens, weighted_token_interaction
 
 
 def seeded_forward(model, batch, seed=0, **kwargs):
@@ -85,6 +87,58 @@ def test_compute_similarity_merges_each_item_once(model, monkeypatch):
             level.video_merge.merge._forward_hooks.clear()
     # Two merges per side, each item merged once per level: 2 * (7 + 5) items in all.
     assert sum(merged_items) == 2 * (7 + 5)
+
+
+def test_compute_similarity_merges_a_gallery_as_the_official_groups_do(monkeypatch):
+    # Reference: the official evaluation's merge, every group of `merge_group_size` consecutive
+    # items walked whole at its padded width, then the unchunked WTI. compute_similarity instead
+    # merges most items in length-sorted batches cut to their longest item; items with fewer
+    # valid tokens than clusters (padding tokens become centres; the last batch is all of them)
+    # or than k (merged in their group) must come out the same. Noise off: its draws follow the
+    # batches.
+    monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.zeros(shape, **kwargs))
+    monkeypatch.setattr(modeling_hbi, "SORTED_MERGE_BATCH", 8)
+    torch.manual_seed(0)
+    model = HBIModel(tiny_config(level_weights=[1.0, 1.0, 1.0])).eval()
+    generator = torch.Generator().manual_seed(5)
+    text_lengths = torch.randint(3, 21, (100,), generator=generator)
+    text_lengths[[10, 50]] = torch.tensor([1, 2])  # fewer than k = 3: groups 1 and 6 of 8
+    text_lengths[60:72] = 3  # 20 words merge into 5 clusters
+    frame_counts = torch.randint(3, 13, (90,), generator=generator)
+    frame_counts[[20, 21]] = torch.tensor([2, 1])
+    texts = HBITextOutput(
+        text_embeds=torch.randn(100, 20, 32, generator=generator),
+        attention_mask=(torch.arange(20)[None] < text_lengths[:, None]).long(),
+    )
+    videos = HBIVideoOutput(
+        video_embeds=torch.randn(90, 12, 32, generator=generator),
+        video_mask=(torch.arange(12)[None] < frame_counts[:, None]).long(),
+    )
+    walked_widths = []
+    walk_levels = model.walk_levels
+
+    def recording_walk(*sides, **kwargs):
+        walked_widths.append((sides[0][0], sides[0][1].shape[1]))
+        return walk_levels(*sides, **kwargs)
+
+    with torch.no_grad():
+        expected = []
+        for embeds, mask, side in ((texts.text_embeds, texts.attention_mask, "text"),
+                                   (videos.video_embeds, videos.video_mask, "video")):
+            groups = [model.walk_levels((side, embeds[start : start + 8], mask[start : start + 8]))[0]
+                      for start in range(0, len(embeds), 8)]
+            expected.append([LevelTokens(torch.cat([group[level].tokens for group in groups]),
+                                         torch.cat([group[level].weights for group in groups]),
+                                         mask if level == 0 else None) for level in range(3)])
+        expected_levels = [weighted_token_interaction(text, video) * model.logit_scale.exp()
+                           for text, video in zip(*expected)]
+        monkeypatch.setattr(model, "walk_levels", recording_walk)
+        scores = model.compute_similarity(texts, videos, chunk_size=7, merge_group_size=8)
+
+    for got, want in zip(scores.level_logits_per_text, expected_levels):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    assert {width for side, width in walked_widths if side == "text"} > {20}
+    assert {width for side, width in walked_widths if side == "video"} > {12}
 
 
 def test_loss_and_terms(model):

@@ -579,6 +579,27 @@ def test_token_merge_blocks_chain_like_the_hierarchy():
     torch.testing.assert_close(event, expected_event, rtol=1e-10, atol=1e-10)
 
 
+def test_token_merge_block_on_trimmed_tokens_matches_the_padded_ones(monkeypatch):
+    # Items with at least max(k, clusters) valid tokens: cutting the trailing padding down to one
+    # position past the longest item (the convolution reads it) changes nothing, provided the
+    # cluster count still comes from the padded length. 30 tokens: torch computes the distances
+    # by matrix products there, and must at the trimmed length too. Noise off: its draws have
+    # the tokens' shape.
+    monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.zeros(shape, **kwargs))
+    torch.manual_seed(0)
+    block = randomize(TokenMergeBlock(8, 0.25, 3, 2).to(DTYPE), 81)
+    tokens = torch.randn(4, 30, 8, generator=torch.Generator().manual_seed(83), dtype=DTYPE)
+    mask = make_mask([12, 9, 8, 8], 30)
+    with torch.no_grad():
+        padded, padded_index = block.merge_tokens(tokens, mask)
+        trimmed, trimmed_index = block.merge_tokens(tokens[:, :13], mask[:, :13], padded_length=30)
+        unrecounted, _ = block.merge_tokens(tokens[:, :13], mask[:, :13])
+    assert padded.shape == trimmed.shape == (4, 8, 8)
+    torch.testing.assert_close(trimmed, padded, rtol=1e-10, atol=1e-10)
+    assert torch.equal(trimmed_index[mask[:, :13] > 0], padded_index[mask > 0])
+    assert unrecounted.shape == (4, 4, 8)
+
+
 def test_merged_token_attention_gradients_match_the_explicit_softmax():
     # float32, as in training, where sdpa may pick a fused kernel: the key scores (learned through
     # the merge score) must get the gradient of the explicit softmax, and so must everything else.

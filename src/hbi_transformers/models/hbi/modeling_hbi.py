@@ -36,6 +36,8 @@ logger = logging.get_logger(__name__)
 # The official evaluation merges tokens in mini-batches of 32 items; clustering of items with
 # fewer valid tokens than `cluster_num_neighbors` depends on the group they are merged in.
 OFFICIAL_MERGE_GROUP_SIZE = 32
+# Items per batch when a gallery's items are merged in batches of similar length.
+SORTED_MERGE_BATCH = 64
 
 
 @dataclass
@@ -454,12 +456,17 @@ class HBIModel(HBIPreTrainedModel):
         return self.walk_levels(("video", video_embeds, video_mask), num_levels=num_levels)[0]
 
     def walk_levels(
-        self, *sides: tuple[str, torch.Tensor, torch.Tensor | None], num_levels: int | None = None
+        self,
+        *sides: tuple[str, torch.Tensor, torch.Tensor | None],
+        num_levels: int | None = None,
+        padded_length: int | None = None,
     ) -> list[list[LevelTokens]]:
         """The hierarchy: for each side `(kind, embeds, mask)`, kind "text" or "video", its entity,
         action and event `LevelTokens` (the first `num_levels`). Each level is merged from the one
         below; at each level the sides are merged in the order given, which fixes the order in
-        which the clustering draws its noise (see docs/token_merging.md)."""
+        which the clustering draws its noise (see docs/token_merging.md). `padded_length` is the
+        length the entity tokens were padded to where trailing padding has been cut off since: the
+        first merge's cluster count comes from it."""
         current = [(embeds.to(self.head_dtype), mask) for _, embeds, mask in sides]
         walks = [[] for _ in sides]
         with self._without_autocast():
@@ -469,25 +476,56 @@ class HBIModel(HBIPreTrainedModel):
                     merge, cluster_index = getattr(level, f"{kind}_merge"), None
                     if merge is not None:
                         # Merged tokens are never padding: levels above the entity level are unmasked.
-                        (tokens, cluster_index), mask = merge.merge_tokens(tokens, mask), None
+                        length = padded_length if mask is not None else None
+                        (tokens, cluster_index), mask = merge.merge_tokens(tokens, mask, length), None
                     current[index] = (tokens, mask)
                     weights = getattr(level, f"{kind}_weight_head")(tokens, mask)
                     walks[index].append(LevelTokens(l2_normalize(tokens), weights, mask, tokens, cluster_index))
         return walks
 
-    def _grouped_levels(self, embeds, mask, side: str, group_size: int) -> list[LevelTokens]:
-        groups = [
-            self.walk_levels((side, embeds[start : start + group_size], mask[start : start + group_size]))[0]
-            for start in range(0, embeds.shape[0], group_size)
+    def _levels_merged_once(self, embeds, mask, side: str, group_size: int) -> list[LevelTokens]:
+        """Every item's level tokens, each item merged once: what scoring a gallery needs.
+
+        Items are merged in batches of similar length cut to their longest item plus the one
+        padding position the convolution reads (and to no fewer positions than clusters): the
+        same tokens as at the padded width, for fewer products. Items with fewer valid tokens than
+        the first merge's k neighbours, whose densities the batch's padding fill scales against the
+        clustering noise, are merged with their official group instead: `group_size` consecutive
+        items at the padded width (docs/inference.md#merging-a-gallery).
+        """
+        count, width = mask.shape
+        first_merge = getattr(self.levels[1], f"{side}_merge").merge
+        lengths = mask.sum(dim=1)
+        group_of_item = torch.arange(count, device=mask.device) // group_size
+        short_groups = group_of_item[lengths < min(first_merge.num_neighbors, width)].unique()
+        in_short_group = torch.isin(group_of_item, short_groups)
+        least_width = min(first_merge.num_clusters(width), width)
+
+        def batches_of(items: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
+            return items.split(size) if len(items) else ()
+
+        batches = [(items, width) for items in batches_of(in_short_group.nonzero().squeeze(1), group_size)]
+        others = (~in_short_group).nonzero().squeeze(1)
+        by_length = others[torch.argsort(lengths[others], descending=True, stable=True)]
+        longest = lengths[by_length[::SORTED_MERGE_BATCH]].tolist()
+        batches += [
+            (items, min(max(int(longest[index]) + 1, least_width), width))
+            for index, items in enumerate(batches_of(by_length, SORTED_MERGE_BATCH))
         ]
-        return [
-            LevelTokens(
-                torch.cat([g[i].tokens for g in groups]),
-                torch.cat([g[i].weights for g in groups]),
-                None if groups[0][i].mask is None else torch.cat([g[i].mask for g in groups]),
-            )
-            for i in range(len(LEVEL_NAMES))
-        ]
+
+        embeds = embeds.to(self.head_dtype)
+        levels = [LevelTokens(l2_normalize(embeds), embeds.new_zeros(count, width), mask)]
+        for items, keep in batches:
+            walk = self.walk_levels((side, embeds[items, :keep], mask[items, :keep]), padded_length=width)[0]
+            # Weights of the cut positions are those of padding: 0.
+            levels[0].weights[items, :keep] = walk[0].weights
+            for level, merged in enumerate(walk[1:], start=1):
+                if len(levels) == level:
+                    shape = (count, *merged.tokens.shape[1:])
+                    levels.append(LevelTokens(merged.tokens.new_empty(shape), merged.weights.new_empty(shape[:2]), None))
+                levels[level].tokens[items] = merged.tokens
+                levels[level].weights[items] = merged.weights
+        return levels
 
     def _scaled_similarity(self, level_similarities: list[torch.Tensor], in_place: bool = False) -> HBISimilarityOutput:
         """Fused and per-level logits; `in_place` scales the given level matrices themselves, which
@@ -521,8 +559,10 @@ class HBIModel(HBIPreTrainedModel):
         then computed in blocks of `chunk_size` texts x `chunk_size` videos so that a large gallery
         fits in memory.
         """
-        text_levels = self._grouped_levels(text_outputs.text_embeds, text_outputs.attention_mask, "text", merge_group_size)
-        video_levels = self._grouped_levels(
+        text_levels = self._levels_merged_once(
+            text_outputs.text_embeds, text_outputs.attention_mask, "text", merge_group_size
+        )
+        video_levels = self._levels_merged_once(
             video_outputs.video_embeds, video_outputs.video_mask, "video", merge_group_size
         )
         return self.similarity_from_levels(text_levels, video_levels, chunk_size)

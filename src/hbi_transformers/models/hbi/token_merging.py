@@ -12,9 +12,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# torch.cdist's default switches from direct differences to matrix products above 25 tokens.
+CDIST_MATMUL_ABOVE = 25
+
+
 @torch.no_grad()
 def cluster_tokens_dpc_knn(
-    tokens: torch.Tensor, num_clusters: int, num_neighbors: int, token_mask: torch.Tensor | None = None
+    tokens: torch.Tensor,
+    num_clusters: int,
+    num_neighbors: int,
+    token_mask: torch.Tensor | None = None,
+    padded_length: int | None = None,
 ) -> torch.Tensor:
     """Assigns every token to one of `num_clusters` centres picked by DPC-KNN.
 
@@ -23,13 +31,16 @@ def cluster_tokens_dpc_knn(
     cluster. As in the official code, distances to padding tokens are replaced by the maximum
     distance over the WHOLE batch plus one, so the clustering of an item with fewer valid tokens
     than `num_neighbors` depends on the batch it is in, and a 1e-6 uniform noise breaks density
-    ties (seed torch's RNG for repeatable merges).
+    ties (seed torch's RNG for repeatable merges). Tokens whose trailing padding was cut off give
+    their `padded_length`: distances are then computed the way torch computes them at that length.
     """
     batch_size, num_tokens, dim = tokens.shape
     # At least float32, whatever the tokens' precision: cdist has no bfloat16 kernel on CPU, and a
     # 16-bit density could not hold the 1e-6 tie-breaking noise. Only indices leave this function.
     tokens = tokens.to(torch.promote_types(tokens.dtype, torch.float32))
-    distances = torch.cdist(tokens, tokens) / math.sqrt(dim)
+    by_matmul = (padded_length or num_tokens) > CDIST_MATMUL_ABOVE
+    compute_mode = "use_mm_for_euclid_dist" if by_matmul else "donot_use_mm_for_euclid_dist"
+    distances = torch.cdist(tokens, tokens, compute_mode=compute_mode) / math.sqrt(dim)
     if token_mask is not None:
         valid = token_mask > 0
         fill = distances.max() + 1
@@ -92,16 +103,18 @@ class TokenClusterMerge(nn.Module):
     def num_clusters(self, num_tokens: int) -> int:
         return max(math.ceil(num_tokens * self.merge_ratio), 1)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None):
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, padded_length: int | None = None):
         """Returns `(merged [batch, clusters, D], features [batch, tokens, D], score [batch, tokens],
         cluster_index [batch, tokens])`: the merged tokens, the processed tokens with their scores
-        (the keys of the attention), and which cluster each token went into."""
+        (the keys of the attention), and which cluster each token went into. `padded_length` is
+        the length the tokens had before trailing padding was cut off: the cluster count is
+        computed from it, so trimming does not change it."""
         features = self.norm(tokens + self.conv(tokens.transpose(1, 2)).transpose(1, 2))
         score = self.score(features).squeeze(-1)
         if mask is not None:
             score = score.masked_fill(mask == 0, float("-inf"))
-        num_clusters = self.num_clusters(tokens.shape[1])
-        cluster_index = cluster_tokens_dpc_knn(features, num_clusters, self.num_neighbors, mask)
+        num_clusters = self.num_clusters(padded_length or tokens.shape[1])
+        cluster_index = cluster_tokens_dpc_knn(features, num_clusters, self.num_neighbors, mask, padded_length)
         merged = merge_clustered_tokens(features, cluster_index, num_clusters, score.exp())
         return merged, features, score, cluster_index
 
@@ -147,8 +160,10 @@ class TokenMergeBlock(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.merge_tokens(tokens, mask)[0]
 
-    def merge_tokens(self, tokens: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def merge_tokens(
+        self, tokens: torch.Tensor, mask: torch.Tensor | None = None, padded_length: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The merged tokens `[batch, clusters, D]` and which of them each input token went into
-        (`cluster_index` `[batch, tokens]`)."""
-        merged, features, score, cluster_index = self.merge(tokens, mask)
+        (`cluster_index` `[batch, tokens]`); `padded_length` as in `TokenClusterMerge.forward`."""
+        merged, features, score, cluster_index = self.merge(tokens, mask, padded_length)
         return self.attention(merged, features, score), cluster_index
