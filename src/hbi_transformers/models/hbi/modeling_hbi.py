@@ -553,11 +553,12 @@ class HBIModel(HBIPreTrainedModel):
         """Scores every text against every video from `get_text_features` / `get_video_features`
         outputs, without re-encoding.
 
-        Each item's merged (action / event) tokens are computed once, in groups of
-        `merge_group_size` items (the official evaluation's grouping, which matters only for
-        items with fewer valid tokens than `cluster_num_neighbors`); the word-frame similarity is
-        then computed in blocks of `chunk_size` texts x `chunk_size` videos so that a large gallery
-        fits in memory.
+        Each item's merged (action / event) tokens are computed once, in batches of similar
+        length without their all-padding positions; items with fewer valid tokens than
+        `cluster_num_neighbors` are merged in the official evaluation's groups of
+        `merge_group_size` items, which their merge depends on. The word-frame similarity is then
+        computed in blocks of `chunk_size` texts x `chunk_size` videos so that a large gallery fits
+        in memory.
         """
         text_levels = self._levels_merged_once(
             text_outputs.text_embeds, text_outputs.attention_mask, "text", merge_group_size
