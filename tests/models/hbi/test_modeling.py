@@ -141,6 +141,14 @@ def test_compute_similarity_merges_a_gallery_as_the_official_groups_do(monkeypat
     assert {width for side, width in walked_widths if side == "video"} > {12}
 
 
+def test_compute_similarity_with_no_texts_is_empty(model):
+    texts = HBITextOutput(text_embeds=torch.randn(0, 10, 32), attention_mask=torch.ones(0, 10, dtype=torch.long))
+    videos = HBIVideoOutput(video_embeds=torch.randn(3, 12, 32), video_mask=torch.ones(3, 12, dtype=torch.long))
+    scores = model.compute_similarity(texts, videos)
+    assert scores.logits_per_text.shape == (0, 3)
+    assert [level.shape for level in scores.level_logits_per_text] == [(0, 3)] * 3
+
+
 def test_loss_and_terms(model):
     out = seeded_forward(model, make_batch(), return_loss=True)
     assert out.loss.ndim == 0 and torch.isfinite(out.loss)

@@ -515,16 +515,18 @@ class HBIModel(HBIPreTrainedModel):
 
         embeds = embeds.to(self.head_dtype)
         levels = [LevelTokens(l2_normalize(embeds), embeds.new_zeros(count, width), mask)]
+        tokens_per_item = width
+        for level in self.levels[1:]:
+            tokens_per_item = getattr(level, f"{side}_merge").merge.num_clusters(tokens_per_item)
+            shape = (count, tokens_per_item)
+            levels.append(LevelTokens(embeds.new_empty(*shape, embeds.shape[-1]), embeds.new_empty(shape), None))
         for items, keep in batches:
             walk = self.walk_levels((side, embeds[items, :keep], mask[items, :keep]), padded_length=width)[0]
             # Weights of the cut positions are those of padding: 0.
             levels[0].weights[items, :keep] = walk[0].weights
-            for level, merged in enumerate(walk[1:], start=1):
-                if len(levels) == level:
-                    shape = (count, *merged.tokens.shape[1:])
-                    levels.append(LevelTokens(merged.tokens.new_empty(shape), merged.weights.new_empty(shape[:2]), None))
-                levels[level].tokens[items] = merged.tokens
-                levels[level].weights[items] = merged.weights
+            for merged, walked in zip(levels[1:], walk[1:]):
+                merged.tokens[items] = walked.tokens
+                merged.weights[items] = walked.weights
         return levels
 
     def _scaled_similarity(self, level_similarities: list[torch.Tensor], in_place: bool = False) -> HBISimilarityOutput:
