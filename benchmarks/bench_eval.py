@@ -2,9 +2,12 @@
 
     python benchmarks/bench_eval.py                 # N = 1000 and 3000
     python benchmarks/bench_eval.py --sizes 500 --official-pairs 40
+    python benchmarks/bench_eval.py --level-weights 1 0 0   # the retrieval default, as evaluate() scores
 
-Both score N cached texts x N videos (D = 512, 24 words, 12 frames, level weights 1, 1, 1, so
-every level counts) with the same model. The official evaluation loops over 32 x 32 chunk pairs
+Both score N cached texts x N videos (D = 512, 24 words, 12 frames, level weights 1, 1, 1 unless
+`--level-weights` says otherwise) with the same model. The official schedule scores every level
+whatever the weights, as the official code does; compute_similarity scores the levels the fused
+score weighs (`num_levels=config.num_fused_levels`, what `evaluate()` passes). The official evaluation loops over 32 x 32 chunk pairs
 and merges the action / event tokens of both chunks again for every pair; `compute_similarity`
 merges each item once, in length-sorted batches cut to their longest item, and scores blocks of
 `--chunk-size` with one matrix product per block (padding tokens zeroed instead of masking the
@@ -30,7 +33,7 @@ import torch
 OFFICIAL_CHUNK = 32
 
 
-def build_model():
+def build_model(level_weights=(1.0, 1.0, 1.0)):
     from hbi_transformers import HBIConfig, HBIModel
 
     tiny_tower = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=1)
@@ -38,7 +41,7 @@ def build_model():
         text_config=dict(tiny_tower, vocab_size=100, max_position_embeddings=32),
         vision_config=dict(tiny_tower, image_size=32, patch_size=16),
         projection_dim=512,
-        level_weights=[1.0, 1.0, 1.0],
+        level_weights=list(level_weights),
     )
     torch.manual_seed(0)
     return HBIModel(config).eval()
@@ -95,11 +98,11 @@ def run_pairs(model, texts, videos, pairs):
 
 
 def tokens_per_item(model, words: int, frames: int) -> int:
-    """Tokens one text plus one video holds over the three levels."""
+    """Tokens one text plus one video holds over the levels scored."""
     total = 0
     for count, side in ((words, "text"), (frames, "video")):
         total += count
-        for level in model.levels[1:]:
+        for level in model.levels[1 : model.config.num_fused_levels]:
             count = getattr(level, f"{side}_merge").merge.num_clusters(count)
             total += count
     return total
@@ -111,7 +114,7 @@ def matrix_product_gflop(model, texts, videos, chunk_size: int) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
-        model.compute_similarity(texts, videos, chunk_size=chunk_size)
+        model.compute_similarity(texts, videos, chunk_size=chunk_size, num_levels=model.config.num_fused_levels)
     return counter.get_total_flops() / 1e9
 
 
@@ -132,20 +135,21 @@ def resident_mib() -> float:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def measure(method: str, size: int, words: int, frames: int, chunk_size: int, official_pairs: int, repeats: int) -> dict:
+def measure(method: str, size: int, args) -> dict:
+    words, frames, chunk_size = args.words, args.frames, args.chunk_size
     torch.set_num_threads(torch.get_num_threads())
-    model = build_model()
+    model = build_model(args.level_weights)
+    levels = model.config.num_fused_levels
     texts, videos = cached_features(size, words, frames)
     before = resident_mib()
     if method == "compute_similarity":
-        model.compute_similarity(*cached_features(OFFICIAL_CHUNK, words, frames), chunk_size=chunk_size)  # warm-up
+        warm_up = cached_features(OFFICIAL_CHUNK, words, frames)
+        model.compute_similarity(*warm_up, chunk_size=chunk_size, num_levels=levels)
         times = []
-        for _ in range(repeats):
+        for _ in range(args.repeats):
             begin = time.perf_counter()
-            scores = model.compute_similarity(texts, videos, chunk_size=chunk_size)
+            model.compute_similarity(texts, videos, chunk_size=chunk_size, num_levels=levels)
             times.append(time.perf_counter() - begin)
-            levels = len(scores.level_logits_per_text)
-            del scores  # so that the next run's peak is its own
         seconds = statistics.median(times)
         # The N x N results (fused + one per level) are the output, and each item's normalised
         # tokens at every level its representation: what remains is the blocks' working memory.
@@ -158,7 +162,7 @@ def measure(method: str, size: int, words: int, frames: int, chunk_size: int, of
         note += (f"; matrix products {gflop:.1f} GFLOP, plain matmul {rate:.1f} GFLOP/s: bound {bound:.2f} s, "
                  f"time = {seconds / bound:.2f}x bound")
     else:
-        measured, done, total = official_schedule(model, texts, videos, official_pairs)
+        measured, done, total = official_schedule(model, texts, videos, args.official_pairs)
         seconds = measured * total / done
         note = f"{done} of {total} chunk pairs timed, extrapolated" if done < total else ""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -173,16 +177,17 @@ def main():
     parser.add_argument("--chunk-size", type=int, default=64)
     parser.add_argument("--official-pairs", type=int, default=60, help="chunk pairs of the official schedule to time")
     parser.add_argument("--repeats", type=int, default=3, help="compute_similarity runs; the median is reported")
+    parser.add_argument("--level-weights", type=float, nargs=3, default=[1.0, 1.0, 1.0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:
         method, size = args.worker.split(":")
-        print(json.dumps(measure(method, int(size), args.words, args.frames, args.chunk_size, args.official_pairs,
-                                 args.repeats)))
+        print(json.dumps(measure(method, int(size), args)))
         return
 
-    print(f"N texts x N videos, D 512, {args.words} words, {args.frames} frames, level weights 1,1,1; "
+    weights = ",".join(f"{weight:g}" for weight in args.level_weights)
+    print(f"N texts x N videos, D 512, {args.words} words, {args.frames} frames, level weights {weights}; "
           f"{torch.get_num_threads()} threads")
     print(f"{'N':>6} {'method':<22} {'seconds':>9} {'peak MiB':>9}  note")
     for size in args.sizes:
@@ -190,7 +195,8 @@ def main():
         for method in ("official_schedule", "compute_similarity"):
             command = [sys.executable, __file__, "--worker", f"{method}:{size}", "--words", str(args.words),
                        "--frames", str(args.frames), "--chunk-size", str(args.chunk_size),
-                       "--official-pairs", str(args.official_pairs), "--repeats", str(args.repeats)]
+                       "--official-pairs", str(args.official_pairs), "--repeats", str(args.repeats),
+                       "--level-weights", *map(str, args.level_weights)]
             result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
             results[method] = result
             print(f"{size:>6} {method:<22} {result['seconds']:>9.2f} {result['peak_growth_mib']:>9.1f}  {result['note']}")

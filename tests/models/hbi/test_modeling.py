@@ -141,6 +141,32 @@ def test_compute_similarity_merges_a_gallery_as_the_official_groups_do(monkeypat
     assert {width for side, width in walked_widths if side == "video"} > {12}
 
 
+@pytest.mark.parametrize("level_weights, fused_levels", [([1.0, 0.0, 0.0], 1), ([1.0, 0.5, 0.0], 2),
+                                                         ([0.4, 0.4, 0.2], 3), ([0.0, 0.0, 0.0], 1)])
+def test_compute_similarity_scores_only_the_levels_the_fused_score_weighs(monkeypatch, level_weights, fused_levels):
+    torch.manual_seed(0)
+    model = HBIModel(tiny_config(level_weights=level_weights)).eval()
+    assert model.config.num_fused_levels == fused_levels
+    batch = make_batch(n_text=6, n_video=5)
+    with torch.no_grad():
+        texts = model.get_text_features(batch["input_ids"], batch["attention_mask"])
+        videos = model.get_video_features(batch["pixel_values_videos"], batch["video_mask"])
+    torch.manual_seed(0)
+    every_level = model.compute_similarity(texts, videos)
+    merges = []  # one side's batch is merged once per level: one batch per side here
+    for level in model.levels[1:]:
+        for block in (level.text_merge, level.video_merge):
+            monkeypatch.setattr(block, "merge_tokens", lambda *args, merge=block.merge_tokens: merges.append(1) or merge(*args))
+    torch.manual_seed(0)
+    fused_only = model.compute_similarity(texts, videos, num_levels=model.config.num_fused_levels)
+    torch.testing.assert_close(fused_only.logits_per_text, every_level.logits_per_text, atol=0, rtol=0)
+    assert len(fused_only.level_logits_per_text) == fused_levels
+    assert len(merges) == 2 * (fused_levels - 1)
+    if fused_levels > 1:
+        with pytest.raises(ValueError, match="num_fused_levels"):
+            model.compute_similarity(texts, videos, num_levels=fused_levels - 1)
+
+
 def test_compute_similarity_with_no_texts_is_empty(model):
     texts = HBITextOutput(text_embeds=torch.randn(0, 10, 32), attention_mask=torch.ones(0, 10, dtype=torch.long))
     videos = HBIVideoOutput(video_embeds=torch.randn(3, 12, 32), video_mask=torch.ones(3, 12, dtype=torch.long))

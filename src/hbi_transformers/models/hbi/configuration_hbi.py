@@ -125,6 +125,12 @@ class HBIConfig(PretrainedConfig):
         self.qa_level_weights = [float(w) for w in self.qa_level_weights]
         self._validate_hbi()
 
+    @property
+    def num_fused_levels(self) -> int:
+        """How many levels, from the entity level up, the fused score uses: up to the last one with
+        a non-zero `level_weights` entry (1 with the retrieval default [1, 0, 0])."""
+        return max((index + 1 for index, weight in enumerate(self.level_weights) if weight), default=1)
+
     def _validate_hbi(self):
         if self.temporal_module not in TEMPORAL_MODULES:
             raise ValueError(f"temporal_module must be one of {TEMPORAL_MODULES}, got {self.temporal_module!r}")

@@ -97,7 +97,7 @@ class HBISimilarityOutput(ModelOutput):
         logits_per_video (`torch.FloatTensor` of shape `(n_video, n_text)`):
             Its transpose.
         level_logits_per_text (`tuple(torch.FloatTensor)`):
-            Entity, action and event similarity matrices, scaled the same way.
+            Entity, action and event similarity matrices (those scored), scaled the same way.
     """
 
     logits_per_text: torch.FloatTensor | None = None
@@ -483,8 +483,11 @@ class HBIModel(HBIPreTrainedModel):
                     walks[index].append(LevelTokens(l2_normalize(tokens), weights, mask, tokens, cluster_index))
         return walks
 
-    def _levels_merged_once(self, embeds, mask, side: str, group_size: int) -> list[LevelTokens]:
-        """Every item's level tokens, each item merged once: what scoring a gallery needs.
+    def _levels_merged_once(
+        self, embeds, mask, side: str, group_size: int, num_levels: int | None = None
+    ) -> list[LevelTokens]:
+        """Every item's level tokens (the first `num_levels` levels), each item merged once: what
+        scoring a gallery needs.
 
         Items are merged in batches of similar length cut to their longest item plus the one
         padding position the convolution reads (and to no fewer positions than clusters): the
@@ -516,12 +519,14 @@ class HBIModel(HBIPreTrainedModel):
         embeds = embeds.to(self.head_dtype)
         levels = [LevelTokens(l2_normalize(embeds), embeds.new_zeros(count, width), mask)]
         tokens_per_item = width
-        for level in self.levels[1:]:
+        for level in self.levels[1:num_levels]:
             tokens_per_item = getattr(level, f"{side}_merge").merge.num_clusters(tokens_per_item)
             shape = (count, tokens_per_item)
             levels.append(LevelTokens(embeds.new_empty(*shape, embeds.shape[-1]), embeds.new_empty(shape), None))
         for items, keep in batches:
-            walk = self.walk_levels((side, embeds[items, :keep], mask[items, :keep]), padded_length=width)[0]
+            walk = self.walk_levels(
+                (side, embeds[items, :keep], mask[items, :keep]), num_levels=num_levels, padded_length=width
+            )[0]
             # Weights of the cut positions are those of padding: 0.
             levels[0].weights[items, :keep] = walk[0].weights
             for merged, walked in zip(levels[1:], walk[1:]):
@@ -532,6 +537,11 @@ class HBIModel(HBIPreTrainedModel):
     def _scaled_similarity(self, level_similarities: list[torch.Tensor], in_place: bool = False) -> HBISimilarityOutput:
         """Fused and per-level logits; `in_place` scales the given level matrices themselves, which
         saves a copy of each for a large gallery."""
+        if len(level_similarities) < self.config.num_fused_levels:
+            raise ValueError(
+                f"{len(level_similarities)} level(s) scored, but level_weights {self.config.level_weights} weigh "
+                f"{self.config.num_fused_levels}: score at least config.num_fused_levels levels"
+            )
         scale = self.logit_scale.exp()
         levels = [sim.mul_(scale) if in_place else sim * scale for sim in level_similarities]
         logits_per_text = torch.zeros_like(levels[0])
@@ -551,6 +561,7 @@ class HBIModel(HBIPreTrainedModel):
         video_outputs: HBIVideoOutput,
         chunk_size: int = 64,
         merge_group_size: int = OFFICIAL_MERGE_GROUP_SIZE,
+        num_levels: int | None = None,
     ) -> HBISimilarityOutput:
         """Scores every text against every video from `get_text_features` / `get_video_features`
         outputs, without re-encoding.
@@ -561,12 +572,17 @@ class HBIModel(HBIPreTrainedModel):
         `merge_group_size` items, which their merge depends on. The word-frame similarity is then
         computed in blocks of `chunk_size` texts x `chunk_size` videos so that a large gallery fits
         in memory.
+
+        `num_levels` scores only the first levels (`level_logits_per_text` then holds those):
+        `config.num_fused_levels` gives the same `logits_per_text` without the levels it does not
+        weigh, and with the retrieval default [1, 0, 0] without merging at all. By default every
+        level is scored, as the official evaluation does whatever the weights.
         """
         text_levels = self._levels_merged_once(
-            text_outputs.text_embeds, text_outputs.attention_mask, "text", merge_group_size
+            text_outputs.text_embeds, text_outputs.attention_mask, "text", merge_group_size, num_levels
         )
         video_levels = self._levels_merged_once(
-            video_outputs.video_embeds, video_outputs.video_mask, "video", merge_group_size
+            video_outputs.video_embeds, video_outputs.video_mask, "video", merge_group_size, num_levels
         )
         return self.similarity_from_levels(text_levels, video_levels, chunk_size)
 

@@ -26,7 +26,10 @@ def evaluate_retrieval(
     model.eval()
     try:
         corpus = encode_corpus(model, collator, records, batch_size, progress=progress)
-        similarity = model.compute_similarity(corpus.texts, corpus.videos, chunk_size=chunk_size).logits_per_text
+        # Levels the fused score gives no weight cannot change a rank: they are not scored.
+        similarity = model.compute_similarity(
+            corpus.texts, corpus.videos, chunk_size=chunk_size, num_levels=model.config.num_fused_levels
+        ).logits_per_text
     finally:
         model.train(was_training)
     metrics = retrieval_metrics(similarity, corpus.text_to_video)
