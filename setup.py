@@ -24,7 +24,10 @@ setup(
     install_requires=[
         "torch>=2.1",
         "torchvision",
-        "transformers>=5.0,<6",
+        # 5.25 at least: HBIConfig builds its CLIP sub-configs through `sub_configs_defaults` and
+        # HBIVideoProcessor merges its arguments as 5.25's video processors do (5.17, 5.21 and 5.24
+        # fail the test suite).
+        "transformers>=5.25,<6",
         "safetensors>=0.4",
         "pillow",
         "numpy",
