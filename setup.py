@@ -22,7 +22,7 @@ setup(
     # torch and torchvision are installed first, pinned (see README): a loose requirement here
     # would let pip pull a multi-GB CUDA build on machines where a matching one is already present.
     install_requires=[
-        "torch>=2.1",
+        "torch>=2.11",  # the oldest with which the suite was run
         "torchvision",
         # 5.25 at least: HBIConfig builds its CLIP sub-configs through `sub_configs_defaults` and
         # HBIVideoProcessor merges its arguments as 5.25's video processors do (5.17, 5.21 and 5.24
@@ -34,7 +34,8 @@ setup(
         "tqdm",
         "ftfy",
         "datasets>=4.0",
-        "accelerate>=1.0",
+        # 1.13 at least: the Trainer needs 1.1 to start, and 1.12 fails a batch of only bad videos.
+        "accelerate>=1.13",
         # The search index: LanceDB tables (the Lance format, read through pylance).
         "lancedb==0.40.0",
         # Row checksums of the index, checked on every read (also a dependency of datasets).
@@ -42,10 +43,12 @@ setup(
         "pylance==9.0.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "evaluate==0.4.6", "matplotlib>=3.6", "parameterized>=0.9"],
+        # av 18: the tests write rotated clips (VideoStream.set_display_rotation).
+        "test": ["pytest>=8", "evaluate==0.4.6", "matplotlib>=3.6", "parameterized>=0.9", "av>=18"],
         "visualization": ["matplotlib>=3.6"],
         "evaluate": ["evaluate==0.4.6"],
-        "video": ["av>=12", "decord>=0.6; platform_machine == 'x86_64'"],
+        # av 15: decoding reads each frame's display rotation (VideoFrame.rotation).
+        "video": ["av>=15", "decord>=0.6; platform_machine == 'x86_64'"],
     },
     entry_points={
         "console_scripts": [
