@@ -114,11 +114,11 @@ def test_compute_similarity_merges_a_gallery_as_the_official_groups_do(monkeypat
         video_embeds=torch.randn(90, 12, 32, generator=generator),
         video_mask=(torch.arange(12)[None] < frame_counts[:, None]).long(),
     )
-    walked_widths = []
+    walked = []  # (side, embeds) of every batch compute_similarity merges
     walk_levels = model.walk_levels
 
     def recording_walk(*sides, **kwargs):
-        walked_widths.append((sides[0][0], sides[0][1].shape[1]))
+        walked.append(sides[0][:2])
         return walk_levels(*sides, **kwargs)
 
     with torch.no_grad():
@@ -137,8 +137,13 @@ def test_compute_similarity_merges_a_gallery_as_the_official_groups_do(monkeypat
 
     for got, want in zip(scores.level_logits_per_text, expected_levels):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    assert {width for side, width in walked_widths if side == "text"} > {20}
-    assert {width for side, width in walked_widths if side == "video"} > {12}
+    assert {embeds.shape[1] for side, embeds in walked if side == "text"} > {20}
+    assert {embeds.shape[1] for side, embeds in walked if side == "video"} > {12}
+    # With the noise off an item's group cannot change its tokens; with it on, its fill scales
+    # them against the noise: the short items' groups must be merged whole, as officially.
+    for side, group in (("text", texts.text_embeds[8:16]), ("text", texts.text_embeds[48:56]),
+                        ("video", videos.video_embeds[16:24])):
+        assert any(kind == side and torch.equal(embeds, group) for kind, embeds in walked)
 
 
 @pytest.mark.parametrize("level_weights, fused_levels", [([1.0, 0.0, 0.0], 1), ([1.0, 0.5, 0.0], 2),

@@ -586,6 +586,11 @@ def test_token_merge_block_on_trimmed_tokens_matches_the_padded_ones(monkeypatch
     # by matrix products there, and must at the trimmed length too. Noise off: its draws have
     # the tokens' shape.
     monkeypatch.setattr(torch, "rand", lambda shape, **kwargs: torch.zeros(shape, **kwargs))
+    cdist_modes = []
+    cdist = torch.cdist
+    monkeypatch.setattr(
+        torch, "cdist", lambda *args, **kwargs: cdist_modes.append(kwargs["compute_mode"]) or cdist(*args, **kwargs)
+    )
     torch.manual_seed(0)
     block = randomize(TokenMergeBlock(8, 0.25, 3, 2).to(DTYPE), 81)
     tokens = torch.randn(4, 30, 8, generator=torch.Generator().manual_seed(83), dtype=DTYPE)
@@ -598,6 +603,7 @@ def test_token_merge_block_on_trimmed_tokens_matches_the_padded_ones(monkeypatch
     torch.testing.assert_close(trimmed, padded, rtol=1e-10, atol=1e-10)
     assert torch.equal(trimmed_index[mask[:, :13] > 0], padded_index[mask > 0])
     assert unrecounted.shape == (4, 4, 8)
+    assert cdist_modes == ["use_mm_for_euclid_dist"] * 2 + ["donot_use_mm_for_euclid_dist"]
 
 
 def test_merged_token_attention_gradients_match_the_explicit_softmax():

@@ -502,7 +502,7 @@ class HBIModel(HBIPreTrainedModel):
         group_of_item = torch.arange(count, device=mask.device) // group_size
         short_groups = group_of_item[lengths < min(first_merge.num_neighbors, width)].unique()
         in_short_group = torch.isin(group_of_item, short_groups)
-        least_width = min(first_merge.num_clusters(width), width)
+        least_width = first_merge.num_clusters(width)
 
         def batches_of(items: torch.Tensor, size: int) -> tuple[torch.Tensor, ...]:
             return items.split(size) if len(items) else ()
