@@ -460,13 +460,15 @@ class HBIModel(HBIPreTrainedModel):
         *sides: tuple[str, torch.Tensor, torch.Tensor | None],
         num_levels: int | None = None,
         padded_length: int | None = None,
+        lookahead: bool = False,
     ) -> list[list[LevelTokens]]:
         """The hierarchy: for each side `(kind, embeds, mask)`, kind "text" or "video", its entity,
         action and event `LevelTokens` (the first `num_levels`). Each level is merged from the one
         below; at each level the sides are merged in the order given, which fixes the order in
         which the clustering draws its noise (see docs/token_merging.md). `padded_length` is the
         length the entity tokens were padded to where trailing padding has been cut off since: the
-        first merge's cluster count comes from it."""
+        first merge's cluster count comes from it. With `lookahead`, the entity tokens' last
+        position is padding that only the first merge's convolution reads: it is no entity token."""
         current = [(embeds.to(self.head_dtype), mask) for _, embeds, mask in sides]
         walks = [[] for _ in sides]
         with self._without_autocast():
@@ -476,9 +478,13 @@ class HBIModel(HBIPreTrainedModel):
                     merge, cluster_index = getattr(level, f"{kind}_merge"), None
                     if merge is not None:
                         # Merged tokens are never padding: levels above the entity level are unmasked.
-                        length = padded_length if mask is not None else None
-                        (tokens, cluster_index), mask = merge.merge_tokens(tokens, mask, length), None
+                        entity = mask is not None
+                        (tokens, cluster_index), mask = merge.merge_tokens(
+                            tokens, mask, padded_length if entity else None, lookahead and entity
+                        ), None
                     current[index] = (tokens, mask)
+                    if lookahead and mask is not None:
+                        tokens, mask = tokens[:, :-1], mask[:, :-1]
                     weights = getattr(level, f"{kind}_weight_head")(tokens, mask)
                     walks[index].append(LevelTokens(l2_normalize(tokens), weights, mask, tokens, cluster_index))
         return walks
@@ -489,9 +495,9 @@ class HBIModel(HBIPreTrainedModel):
         """Every item's level tokens (the first `num_levels` levels), each item merged once: what
         scoring a gallery needs.
 
-        Items are merged in batches of similar length cut to their longest item plus the one
-        padding position the convolution reads (and to no fewer positions than clusters): the
-        same tokens as at the padded width, for fewer products. Items with fewer valid tokens than
+        Items are merged in batches of similar length cut to their longest item (and to no fewer
+        positions than clusters), the convolution alone reading the padding position after it:
+        the same tokens as at the padded width, for fewer products. Items with fewer valid tokens than
         the first merge's k neighbours, whose densities the batch's padding fill scales against the
         clustering noise, are merged with their official group instead: `group_size` consecutive
         items at the padded width (docs/inference.md#merging-a-gallery).
@@ -512,7 +518,7 @@ class HBIModel(HBIPreTrainedModel):
         by_length = others[torch.argsort(lengths[others], descending=True, stable=True)]
         longest = lengths[by_length[::SORTED_MERGE_BATCH]].tolist()
         batches += [
-            (items, min(max(int(longest[index]) + 1, least_width), width))
+            (items, min(max(int(longest[index]), least_width), width))
             for index, items in enumerate(batches_of(by_length, SORTED_MERGE_BATCH))
         ]
 
@@ -524,8 +530,13 @@ class HBIModel(HBIPreTrainedModel):
             shape = (count, tokens_per_item)
             levels.append(LevelTokens(embeds.new_empty(*shape, embeds.shape[-1]), embeds.new_empty(shape), None))
         for items, keep in batches:
+            # Below the padded width, the convolution also reads the position after the last kept.
+            read = min(keep + 1, width)
             walk = self.walk_levels(
-                (side, embeds[items, :keep], mask[items, :keep]), num_levels=num_levels, padded_length=width
+                (side, embeds[items, :read], mask[items, :read]),
+                num_levels=num_levels,
+                padded_length=width,
+                lookahead=read > keep,
             )[0]
             # Weights of the cut positions are those of padding: 0.
             levels[0].weights[items, :keep] = walk[0].weights

@@ -103,13 +103,27 @@ class TokenClusterMerge(nn.Module):
     def num_clusters(self, num_tokens: int) -> int:
         return max(math.ceil(num_tokens * self.merge_ratio), 1)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor | None = None, padded_length: int | None = None):
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        padded_length: int | None = None,
+        lookahead: bool = False,
+    ):
         """Returns `(merged [batch, clusters, D], features [batch, tokens, D], score [batch, tokens],
         cluster_index [batch, tokens])`: the merged tokens, the processed tokens with their scores
         (the keys of the attention), and which cluster each token went into. `padded_length` is
         the length the tokens had before trailing padding was cut off: the cluster count is
-        computed from it, so trimming does not change it."""
-        features = self.norm(tokens + self.conv(tokens.transpose(1, 2)).transpose(1, 2))
+        computed from it, so trimming does not change it. With `lookahead`, the last position of
+        `tokens` (and `mask`) is padding that only the convolution reads, as the next token of
+        the last one kept: it gets no output."""
+        if lookahead:
+            # Zero padding on the left only: one output per position but the last.
+            convolved = F.conv1d(F.pad(tokens.transpose(1, 2), (1, 0)), self.conv.weight)
+            tokens, mask = tokens[:, :-1], mask[:, :-1]
+        else:
+            convolved = self.conv(tokens.transpose(1, 2))
+        features = self.norm(tokens + convolved.transpose(1, 2))
         score = self.score(features).squeeze(-1)
         if mask is not None:
             score = score.masked_fill(mask == 0, float("-inf"))
@@ -161,9 +175,14 @@ class TokenMergeBlock(nn.Module):
         return self.merge_tokens(tokens, mask)[0]
 
     def merge_tokens(
-        self, tokens: torch.Tensor, mask: torch.Tensor | None = None, padded_length: int | None = None
+        self,
+        tokens: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        padded_length: int | None = None,
+        lookahead: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The merged tokens `[batch, clusters, D]` and which of them each input token went into
-        (`cluster_index` `[batch, tokens]`); `padded_length` as in `TokenClusterMerge.forward`."""
-        merged, features, score, cluster_index = self.merge(tokens, mask, padded_length)
+        (`cluster_index` `[batch, tokens]`); `padded_length` and `lookahead` as in
+        `TokenClusterMerge.forward`."""
+        merged, features, score, cluster_index = self.merge(tokens, mask, padded_length, lookahead)
         return self.attention(merged, features, score), cluster_index
