@@ -523,7 +523,8 @@ class HBIModel(HBIPreTrainedModel):
         ]
 
         embeds = embeds.to(self.head_dtype)
-        levels = [LevelTokens(l2_normalize(embeds), embeds.new_zeros(count, width), mask)]
+        # Cut positions are padding: zero tokens (masked in any case) of weight 0.
+        levels = [LevelTokens(embeds.new_zeros(count, width, embeds.shape[-1]), embeds.new_zeros(count, width), mask)]
         tokens_per_item = width
         for level in self.levels[1:num_levels]:
             tokens_per_item = getattr(level, f"{side}_merge").merge.num_clusters(tokens_per_item)
@@ -538,7 +539,7 @@ class HBIModel(HBIPreTrainedModel):
                 padded_length=width,
                 lookahead=read > keep,
             )[0]
-            # Weights of the cut positions are those of padding: 0.
+            levels[0].tokens[items, :keep] = walk[0].tokens
             levels[0].weights[items, :keep] = walk[0].weights
             for merged, walked in zip(levels[1:], walk[1:]):
                 merged.tokens[items] = walked.tokens
