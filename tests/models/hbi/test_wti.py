@@ -13,6 +13,7 @@ from hbi_transformers.models.hbi.wti import (
     MASKED_WEIGHT_LOGIT,
     LevelTokens,
     TokenWeightHead,
+    _length_sorted_chunks,
     chunked_weighted_token_interaction,
     l2_normalize,
     matched_word_frame_similarity,
@@ -319,3 +320,19 @@ def test_level_tokens_indexing_keeps_rows_and_mask(masked_pair):
     assert torch.equal(part.mask, text.mask[1:3])
     free = LevelTokens(text.tokens, text.weights, None)[0:2]
     assert free.mask is None
+
+
+def test_chunks_end_where_the_length_drops_once_a_quarter_full():
+    # Chunk size 8: a chunk ends at 8 items, or at a drop in length once it holds 2. 8 items of 5
+    # tokens, 10 of 4 (a full chunk, then 2), 1 of 3 (alone: it goes on with the 2-token items).
+    lengths = torch.tensor([5] * 8 + [4] * 10 + [3] + [2] * 3)[torch.randperm(22, generator=torch.Generator().manual_seed(0))]
+    side = LevelTokens(torch.randn(22, 6, 3), torch.rand(22, 6), (torch.arange(6)[None] < lengths[:, None]).long())
+    chunks = _length_sorted_chunks(side, 8)
+    assert [(len(items), tokens.shape[1], trimmed) for items, tokens, _, trimmed in chunks] == [
+        (8, 5, True), (8, 4, True), (2, 4, True), (4, 3, True)
+    ]
+    assert sorted(torch.cat([items for items, *_ in chunks]).tolist()) == list(range(22))
+    for items, tokens, weights, _ in chunks:
+        masked = side.tokens[items, : tokens.shape[1]] * side.mask[items, : tokens.shape[1], None]
+        assert torch.equal(tokens, masked)
+        assert torch.equal(weights, side.weights[items, : tokens.shape[1]])

@@ -102,13 +102,15 @@ def weighted_token_interaction(text: LevelTokens, video: LevelTokens) -> torch.T
 
 
 def _length_sorted_chunks(side: LevelTokens, chunk_size: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]]:
-    """`side` cut into chunks of `chunk_size` items, each as `(items, masked tokens, weights,
-    trimmed)`.
+    """`side` cut into chunks of at most `chunk_size` items, each as `(items, masked tokens,
+    weights, trimmed)`.
 
     On a masked level the items are taken longest first and each chunk keeps only the token
     positions some item of it uses: the dropped positions are padding of every item in the chunk,
     whose cells are 0 and whose terms in the weighted sum are 0. `trimmed` says positions were
-    dropped, so a max over them must still see those zero cells (docs/wti.md).
+    dropped, so a max over them must still see those zero cells (docs/wti.md). A chunk that holds
+    a quarter of `chunk_size` items also ends where the length drops, so that the items after it
+    are not padded to its width.
     """
     if side.mask is None:
         return [
@@ -126,11 +128,17 @@ def _length_sorted_chunks(side: LevelTokens, chunk_size: int) -> list[tuple[torc
         return [(torch.arange(len(side), device=side.tokens.device), tokens, side.weights[:, :keep], keep < width)]
     order = torch.argsort(lengths, descending=True, stable=True)
     # One host sync per side and level, not one per block.
-    chunk_widths = lengths[order[::chunk_size]].tolist()
+    sorted_lengths = lengths[order].tolist()
+    least = max(chunk_size // 4, 1)
+    starts = [0]
+    for position in range(1, len(order)):
+        held = position - starts[-1]
+        if held == chunk_size or (held >= least and sorted_lengths[position] < sorted_lengths[position - 1]):
+            starts.append(position)
     chunks = []
-    for chunk, start in enumerate(range(0, len(side), chunk_size)):
-        items = order[start : start + chunk_size]
-        keep = max(int(chunk_widths[chunk]), 1)
+    for start, end in zip(starts, starts[1:] + [len(order)]):
+        items = order[start:end]
+        keep = max(int(sorted_lengths[start]), 1)
         tokens = side.tokens[items, :keep] * side.mask[items, :keep, None].to(side.tokens.dtype)
         chunks.append((items, tokens, side.weights[items, :keep], keep < width))
     return chunks
