@@ -599,11 +599,19 @@ def test_token_merge_block_on_trimmed_tokens_matches_the_padded_ones(monkeypatch
         padded, padded_index = block.merge_tokens(tokens, mask)
         trimmed, trimmed_index = block.merge_tokens(tokens[:, :13], mask[:, :13], padded_length=30)
         unrecounted, _ = block.merge_tokens(tokens[:, :13], mask[:, :13])
-    assert padded.shape == trimmed.shape == (4, 8, 8)
+        # Position 12 read by the convolution only: no output for it.
+        looked, looked_index = block.merge_tokens(tokens[:, :13], mask[:, :13], padded_length=30, lookahead=True)
+        padded_features = block.merge(tokens, mask)[1]
+        looked_features = block.merge(tokens[:, :13], None, lookahead=True)[1]
+    assert padded.shape == trimmed.shape == looked.shape == (4, 8, 8)
     torch.testing.assert_close(trimmed, padded, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(looked, padded, rtol=1e-10, atol=1e-10)
     assert torch.equal(trimmed_index[mask[:, :13] > 0], padded_index[mask > 0])
+    assert looked_index.shape == (4, 12) and torch.equal(looked_index[mask[:, :12] > 0], padded_index[mask > 0])
+    torch.testing.assert_close(looked_features, padded_features[:, :12], rtol=1e-10, atol=1e-10)
     assert unrecounted.shape == (4, 4, 8)
-    assert cdist_modes == ["use_mm_for_euclid_dist"] * 2 + ["donot_use_mm_for_euclid_dist"]
+    by_matmul, direct = "use_mm_for_euclid_dist", "donot_use_mm_for_euclid_dist"
+    assert cdist_modes == [by_matmul, by_matmul, direct, by_matmul, by_matmul, direct]
 
 
 def test_merged_token_attention_gradients_match_the_explicit_softmax():

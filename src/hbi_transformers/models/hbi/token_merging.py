@@ -120,7 +120,7 @@ class TokenClusterMerge(nn.Module):
         if lookahead:
             # Zero padding on the left only: one output per position but the last.
             convolved = F.conv1d(F.pad(tokens.transpose(1, 2), (1, 0)), self.conv.weight)
-            tokens, mask = tokens[:, :-1], mask[:, :-1]
+            tokens, mask = tokens[:, :-1], None if mask is None else mask[:, :-1]
         else:
             convolved = self.conv(tokens.transpose(1, 2))
         features = self.norm(tokens + convolved.transpose(1, 2))
