@@ -129,31 +129,27 @@ def matrix_product_gflop(model, texts, videos, chunk_size: int) -> float:
 
 
 def padding_free_gflop(model, texts, videos) -> float:
-    """GFLOP of the same exact computation with no padding at all: each item's levels walked on
-    its own, cut to its own length (and to no fewer positions than clusters), counted by torch's
-    FLOP counter, plus the word-frame products of valid tokens only, counted from the lengths."""
+    """GFLOP of the same exact computation with no padding at all: compute_similarity's own merge
+    with batches of one item (each cut to its own length), counted by torch's FLOP counter, plus
+    the word-frame products of valid tokens only, counted from the merged levels."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from hbi_transformers.models.hbi import modeling_hbi
+
     levels = model.config.num_fused_levels
-    valid_tokens = {}  # per side, per level: the tokens the word-frame products see
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        for side, embeds, mask in (("text", texts.text_embeds, texts.attention_mask),
-                                   ("video", videos.video_embeds, videos.video_mask)):
-            width = mask.shape[1]
-            clusters = [getattr(level, f"{side}_merge").merge for level in model.levels[1:levels]]
-            least = clusters[0].num_clusters(width) if clusters else 1
-            lengths = mask.sum(dim=1).tolist()
-            for item, length in enumerate(lengths):
-                keep = min(max(length, least), width)
-                read = min(keep + 1, width) if clusters else keep
-                model.walk_levels((side, embeds[item : item + 1, :read], mask[item : item + 1, :read]),
-                                  num_levels=levels, padded_length=width, lookahead=read > keep)
-            valid_tokens[side] = [sum(lengths)]
-            count = width
-            for merge in clusters:
-                count = merge.num_clusters(count)
-                valid_tokens[side].append(len(lengths) * count)
-    products = sum(text * video for text, video in zip(valid_tokens["text"], valid_tokens["video"]))
+    batch_size, modeling_hbi.SORTED_MERGE_BATCH = modeling_hbi.SORTED_MERGE_BATCH, 1
+    try:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            merged = [model._levels_merged_once(embeds, mask, side, modeling_hbi.OFFICIAL_MERGE_GROUP_SIZE, levels)
+                      for side, embeds, mask in (("text", texts.text_embeds, texts.attention_mask),
+                                                 ("video", videos.video_embeds, videos.video_mask))]
+    finally:
+        modeling_hbi.SORTED_MERGE_BATCH = batch_size
+
+    def valid_tokens(level):
+        return int(level.mask.sum()) if level.mask is not None else level.weights.numel()
+
+    products = sum(valid_tokens(text) * valid_tokens(video) for text, video in zip(*merged))
     return (counter.get_total_flops() + 2 * texts.text_embeds.shape[-1] * products) / 1e9
 
 
