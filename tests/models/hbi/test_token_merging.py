@@ -15,6 +15,7 @@ from hbi_transformers.models.hbi.token_merging import (
     TokenClusterMerge,
     TokenMergeBlock,
     cluster_tokens_dpc_knn,
+    convolve_by_stacked_taps,
     merge_clustered_tokens,
 )
 
@@ -421,6 +422,38 @@ def test_token_cluster_merge_matches_loop(masked):
     torch.testing.assert_close(merged, expected_merged, rtol=1e-10, atol=1e-10)
     if masked:
         assert torch.isneginf(score[mask == 0]).all() and torch.isfinite(score[mask == 1]).all()
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_token_cluster_merge_by_stacked_taps_matches_loop(masked):
+    # The gallery's convolution: one matrix product with the taps side by side, then shifted sums.
+    module = make_ctm()
+    generator = torch.Generator().manual_seed(37)
+    tokens = torch.randn(3, 8, 6, generator=generator, dtype=DTYPE)
+    mask = make_mask([8, 4, 6], 8) if masked else None
+    with torch.no_grad():
+        merged, features, score, cluster_index = seeded(7, module, tokens, mask, None, False, True)
+        # With lookahead the last position is read by the convolution of the one before only.
+        looked_features, looked_score = seeded(7, module, tokens, mask, None, True)[1:3]
+    expected_merged, expected_features, expected_score, expected_index = loop_ctm(module, tokens, mask, noise_for(7, (3, 8)))
+    assert torch.equal(cluster_index, expected_index)
+    torch.testing.assert_close(features, expected_features, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(score, expected_score, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(merged, expected_merged, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(looked_features, expected_features[:, :7], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(looked_score, expected_score[:, :7], rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("num_tokens", [1, 2, 3, 7])
+def test_convolution_by_stacked_taps_matches_torch_at_every_width(num_tokens):
+    generator = torch.Generator().manual_seed(num_tokens)
+    weight = torch.randn(5, 4, 3, generator=generator, dtype=DTYPE)
+    tokens = torch.randn(2, num_tokens, 4, generator=generator, dtype=DTYPE)
+    expected = torch.nn.functional.conv1d(tokens.transpose(1, 2), weight, padding=1).transpose(1, 2)
+    torch.testing.assert_close(convolve_by_stacked_taps(tokens, weight), expected, rtol=1e-12, atol=1e-12)
+    looked = convolve_by_stacked_taps(tokens, weight, lookahead=True)
+    assert looked.shape == (2, num_tokens - 1, 5)
+    torch.testing.assert_close(looked, expected[:, :-1], rtol=1e-12, atol=1e-12)
 
 
 def test_token_cluster_merge_padding_leaks_into_its_neighbour_through_the_conv():

@@ -461,6 +461,7 @@ class HBIModel(HBIPreTrainedModel):
         num_levels: int | None = None,
         padded_length: int | None = None,
         lookahead: bool = False,
+        stacked_taps: bool = False,
     ) -> list[list[LevelTokens]]:
         """The hierarchy: for each side `(kind, embeds, mask)`, kind "text" or "video", its entity,
         action and event `LevelTokens` (the first `num_levels`). Each level is merged from the one
@@ -468,7 +469,9 @@ class HBIModel(HBIPreTrainedModel):
         which the clustering draws its noise (see docs/token_merging.md). `padded_length` is the
         length the entity tokens were padded to where trailing padding has been cut off since: the
         first merge's cluster count comes from it. With `lookahead`, the entity tokens' last
-        position is padding that only the first merge's convolution reads: it is no entity token."""
+        position is padding that only the first merge's convolution reads: it is no entity token.
+        `stacked_taps` computes every merge's convolution as one matrix product
+        (`convolve_by_stacked_taps`), as gallery scoring does."""
         current = [(embeds.to(self.head_dtype), mask) for _, embeds, mask in sides]
         walks = [[] for _ in sides]
         with self._without_autocast():
@@ -480,7 +483,7 @@ class HBIModel(HBIPreTrainedModel):
                         # Merged tokens are never padding: levels above the entity level are unmasked.
                         entity = mask is not None
                         (tokens, cluster_index), mask = merge.merge_tokens(
-                            tokens, mask, padded_length if entity else None, lookahead and entity
+                            tokens, mask, padded_length if entity else None, lookahead and entity, stacked_taps
                         ), None
                     current[index] = (tokens, mask)
                     if lookahead and mask is not None:
@@ -538,6 +541,7 @@ class HBIModel(HBIPreTrainedModel):
                 num_levels=num_levels,
                 padded_length=width,
                 lookahead=read > keep,
+                stacked_taps=True,
             )[0]
             levels[0].tokens[items, :keep] = walk[0].tokens
             levels[0].weights[items, :keep] = walk[0].weights

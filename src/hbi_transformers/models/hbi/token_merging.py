@@ -84,6 +84,24 @@ def merge_clustered_tokens(
     )
 
 
+def convolve_by_stacked_taps(tokens: torch.Tensor, weight: torch.Tensor, lookahead: bool = False) -> torch.Tensor:
+    """The merge convolution (kernel 3, zero padding 1, no bias; `weight` `[out, in, 3]`) of
+    `tokens` `[batch, tokens, D]`, as one matrix product of every token with the three taps side
+    by side, then shifted sums: on CPU 1.3x to 2.2x as fast as torch's convolution at 4 to 25
+    tokens, and closer to float64 (docs/token_merging.md#the-convolution-as-one-matrix-product).
+    With `lookahead`, the last token is read as the next one of the token before it and gets no
+    output. Returns `[batch, outputs, D]`."""
+    batch_size, num_tokens, dim = tokens.shape
+    # Rows ordered (tap, out): F.linear multiplies by the transpose without copying it again.
+    stacked = weight.permute(2, 0, 1).reshape(-1, dim)
+    taps = F.linear(tokens.reshape(batch_size * num_tokens, dim), stacked).view(batch_size, num_tokens, 3, -1)
+    num_outputs = num_tokens - 1 if lookahead else num_tokens
+    convolved = taps[:, :num_outputs, 1].clone()
+    convolved[:, 1:] += taps[:, : num_outputs - 1, 0]
+    convolved[:, : num_tokens - 1] += taps[:, 1:, 2]
+    return convolved
+
+
 class TokenClusterMerge(nn.Module):
     """Scores and clusters tokens, and merges each cluster into one token (official `CTM`).
 
@@ -109,6 +127,7 @@ class TokenClusterMerge(nn.Module):
         mask: torch.Tensor | None = None,
         padded_length: int | None = None,
         lookahead: bool = False,
+        stacked_taps: bool = False,
     ):
         """Returns `(merged [batch, clusters, D], features [batch, tokens, D], score [batch, tokens],
         cluster_index [batch, tokens])`: the merged tokens, the processed tokens with their scores
@@ -116,14 +135,16 @@ class TokenClusterMerge(nn.Module):
         the length the tokens had before trailing padding was cut off: the cluster count is
         computed from it, so trimming does not change it. With `lookahead`, the last position of
         `tokens` (and `mask`) is padding that only the convolution reads, as the next token of
-        the last one kept: it gets no output."""
-        if lookahead:
-            # Zero padding on the left only: one output per position but the last.
-            convolved = F.conv1d(F.pad(tokens.transpose(1, 2), (1, 0)), self.conv.weight)
-            tokens, mask = tokens[:, :-1], None if mask is None else mask[:, :-1]
+        the last one kept: it gets no output. `stacked_taps` computes the convolution by
+        `convolve_by_stacked_taps`, as the lookahead always does: what gallery scoring does;
+        training and the forward keep torch's convolution, the official op."""
+        if stacked_taps or lookahead:
+            convolved = convolve_by_stacked_taps(tokens, self.conv.weight, lookahead)
         else:
-            convolved = self.conv(tokens.transpose(1, 2))
-        features = self.norm(tokens + convolved.transpose(1, 2))
+            convolved = self.conv(tokens.transpose(1, 2)).transpose(1, 2)
+        if lookahead:
+            tokens, mask = tokens[:, :-1], None if mask is None else mask[:, :-1]
+        features = self.norm(tokens + convolved)
         score = self.score(features).squeeze(-1)
         if mask is not None:
             score = score.masked_fill(mask == 0, float("-inf"))
@@ -180,9 +201,10 @@ class TokenMergeBlock(nn.Module):
         mask: torch.Tensor | None = None,
         padded_length: int | None = None,
         lookahead: bool = False,
+        stacked_taps: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The merged tokens `[batch, clusters, D]` and which of them each input token went into
-        (`cluster_index` `[batch, tokens]`); `padded_length` and `lookahead` as in
+        (`cluster_index` `[batch, tokens]`); `padded_length`, `lookahead` and `stacked_taps` as in
         `TokenClusterMerge.forward`."""
-        merged, features, score, cluster_index = self.merge(tokens, mask, padded_length, lookahead)
+        merged, features, score, cluster_index = self.merge(tokens, mask, padded_length, lookahead, stacked_taps)
         return self.attention(merged, features, score), cluster_index
