@@ -154,16 +154,24 @@ def chunked_weighted_token_interaction(
     chunk_size = chunk_size or max(len(text), len(video), 1)
     text_chunks = _length_sorted_chunks(text, chunk_size)
     video_chunks = _length_sorted_chunks(video, chunk_size)
-    scores = text.tokens.new_empty(len(text), len(video))
-    for text_items, text_tokens, text_weights, text_trimmed in text_chunks:
+    # Frames major within a video chunk: a block is then laid out [texts, words, frames, videos],
+    # and both maxima reduce an axis that is not the last one, which torch vectorises along the
+    # videos (docs/wti.md#chunked-evaluation).
+    video_blocks = [
+        (tokens.transpose(0, 1).reshape(-1, tokens.shape[-1]), weights.t(), trimmed, len(items))
+        for items, tokens, weights, trimmed in video_chunks
+    ]
+    # Blocks are written as slices in the chunks' order, then put in place at once.
+    sorted_scores = text.tokens.new_empty(len(text), len(video))
+    text_start = 0
+    for _, text_tokens, text_weights, text_trimmed in text_chunks:
         n_text, words, dim = text_tokens.shape
         text_rows = text_tokens.reshape(n_text * words, dim)
-        for video_items, video_tokens, video_weights, video_trimmed in video_chunks:
-            n_video, frames, _ = video_tokens.shape
-            similarity = (text_rows @ video_tokens.reshape(n_video * frames, dim).t()).view(
-                n_text, words, n_video, frames
-            )
-            best_frame = similarity.amax(dim=3)
+        video_start = 0
+        for video_rows, video_weights, video_trimmed, n_video in video_blocks:
+            frames = video_weights.shape[0]
+            similarity = (text_rows @ video_rows.t()).view(n_text, words, frames, n_video)
+            best_frame = similarity.amax(dim=2)
             best_word = similarity.amax(dim=1)
             # Dropped positions were zero cells of every item here: the max still counts them.
             if video_trimmed:
@@ -171,7 +179,13 @@ def chunked_weighted_token_interaction(
             if text_trimmed:
                 best_word.clamp_min_(0)
             t2v = (best_frame * text_weights[:, :, None]).sum(dim=1)
-            v2t = (best_word * video_weights[None]).sum(dim=2)
-            block = (t2v + v2t) / 2.0
-            scores[text_items[:, None], video_items[None]] = block
-    return scores
+            v2t = (best_word * video_weights[None]).sum(dim=1)
+            sorted_scores[text_start : text_start + n_text, video_start : video_start + n_video] = (t2v + v2t) / 2.0
+            video_start += n_video
+        text_start += n_text
+    if not sorted_scores.numel():
+        return sorted_scores
+    text_order, video_order = (torch.cat([items for items, *_ in chunks]) for chunks in (text_chunks, video_chunks))
+    by_text = torch.empty_like(sorted_scores).index_copy_(0, text_order, sorted_scores)
+    del sorted_scores  # at most two N x N matrices at a time
+    return torch.empty_like(by_text).index_copy_(1, video_order, by_text)
