@@ -70,6 +70,27 @@ def test_compute_similarity_matches_forward(model, chunk_size):
         torch.testing.assert_close(chunked, full, atol=1e-5, rtol=0)
 
 
+def test_merged_levels_are_scored_in_blocks_of_more_items_but_no_more_cells(model, monkeypatch):
+    generator = torch.Generator().manual_seed(3)
+    texts = HBITextOutput(text_embeds=torch.randn(40, 24, 32, generator=generator),
+                          attention_mask=torch.ones(40, 24, dtype=torch.long))
+    videos = HBIVideoOutput(video_embeds=torch.randn(30, 12, 32, generator=generator),
+                            video_mask=torch.ones(30, 12, dtype=torch.long))
+    blocks = []  # (chunk size, word-frame cells per pair) of each level
+    chunked = modeling_hbi.chunked_weighted_token_interaction
+
+    def recording(text, video, chunk_size):
+        blocks.append((chunk_size, text.tokens.shape[1] * video.tokens.shape[1]))
+        return chunked(text, video, chunk_size)
+
+    monkeypatch.setattr(modeling_hbi, "chunked_weighted_token_interaction", recording)
+    model.compute_similarity(texts, videos, chunk_size=4)
+    (entity_chunk, entity_cells), *merged = blocks
+    assert entity_chunk == 4 and len(merged) == 2
+    for chunk_size, cells in merged:
+        assert chunk_size > 4 and chunk_size**2 * cells <= entity_chunk**2 * entity_cells
+
+
 def test_compute_similarity_merges_each_item_once(model, monkeypatch):
     batch = make_batch(n_text=7, n_video=5)
     with torch.no_grad():

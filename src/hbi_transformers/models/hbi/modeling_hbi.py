@@ -607,12 +607,20 @@ class HBIModel(HBIPreTrainedModel):
         self, text_levels: list[LevelTokens], video_levels: list[LevelTokens], chunk_size: int = 64
     ) -> HBISimilarityOutput:
         """Scores texts against videos from their level tokens (`text_levels` / `video_levels`),
-        in blocks of `chunk_size` x `chunk_size`: for galleries whose level tokens are stored,
-        as a search index does, so that nothing is merged again."""
+        in blocks of `chunk_size` x `chunk_size` at the entity level: for galleries whose level
+        tokens are stored, as a search index does, so that nothing is merged again. The merged
+        levels, with fewer tokens per item, take blocks of more items but no more word-frame
+        cells (docs/wti.md#chunked-evaluation)."""
+        entity_cells = text_levels[0].tokens.shape[1] * video_levels[0].tokens.shape[1] if text_levels else 0
+
+        def level_chunk_size(text: LevelTokens, video: LevelTokens) -> int:
+            cells = max(text.tokens.shape[1] * video.tokens.shape[1], 1)
+            return chunk_size * max(math.isqrt(entity_cells // cells), 1)
+
         with self._without_autocast():
             return self._scaled_similarity(
                 [
-                    chunked_weighted_token_interaction(text, video, chunk_size)
+                    chunked_weighted_token_interaction(text, video, level_chunk_size(text, video))
                     for text, video in zip(text_levels, video_levels)
                 ],
                 in_place=True,
