@@ -15,7 +15,9 @@ merges each item once, in length-sorted batches cut to their longest item, and s
 and extrapolated to all of them (it says so); compute_similarity is the median of `--repeats`
 runs; its FLOPs are also counted as they would be with no padding at all (each item merged on its
 own at its own length, word-frame products of valid tokens only), the floor of these exact
-computations. Each gets one warm-up (a chunk pair; a 32 x 32 gallery) first. The two are measured
+computations. Both workers also time one plain matmul of a block's shape in their own process
+and give their time as a multiple of their FLOPs at that rate (the bound), which shows how much
+of a slow round is the machine. Each gets one warm-up (a chunk pair; a 32 x 32 gallery) first. The two are measured
 `--rounds` times, one after the other, and the speed-up is the median of the rounds' ratios: on a
 shared machine both drift by a fifth over minutes, which a ratio taken within one round cancels.
 Each measurement runs in its own process, so its peak memory (resident set growth over the
@@ -205,6 +207,9 @@ def measure(method: str, size: int, args) -> dict:
         seconds, gflop = measured * total / done, measured_gflop * total / done
         note = f"matrix products {gflop:.1f} GFLOP"
         note += f"; {done} of {total} chunk pairs timed and counted, extrapolated" if done < total else ""
+        # Its own bound, in the same process: how much of a slow round is the machine.
+        rate = plain_matmul_gflops(chunk_size * words, chunk_size * frames)
+        note += f"; plain matmul {rate:.1f} GFLOP/s: bound {gflop / rate:.1f} s, time = {seconds * rate / gflop:.2f}x bound"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"method": method, "size": size, "seconds": seconds, "gflop": gflop,
             "padding_free_gflop": floor,
