@@ -178,6 +178,8 @@ def measure(method: str, size: int, args) -> dict:
     model = build_model(args.level_weights)
     levels = model.config.num_fused_levels
     texts, videos = cached_features(size, words, frames)
+    # Each side's bound, in its own process: how much of a slow round is the machine.
+    rate = plain_matmul_gflops(chunk_size * words, chunk_size * frames)
     before = resident_mib()
     if method == "compute_similarity":
         warm_up = cached_features(OFFICIAL_CHUNK, words, frames)
@@ -194,7 +196,6 @@ def measure(method: str, size: int, args) -> dict:
         token_mib = size * tokens_per_item(model, words, frames) * 512 * 4 / 2**20
         note = f"of which {output_mib:.0f} MiB N x N scores and {token_mib:.0f} MiB level tokens"
         gflop = matrix_product_gflop(model, texts, videos, chunk_size)
-        rate = plain_matmul_gflops(chunk_size * words, chunk_size * frames)
         bound = gflop / rate
         note += f"; matrix products {gflop:.1f} GFLOP"
         # The same in every round: counted once.
@@ -207,8 +208,6 @@ def measure(method: str, size: int, args) -> dict:
         seconds, gflop = measured * total / done, measured_gflop * total / done
         note = f"matrix products {gflop:.1f} GFLOP"
         note += f"; {done} of {total} chunk pairs timed and counted, extrapolated" if done < total else ""
-        # Its own bound, in the same process: how much of a slow round is the machine.
-        rate = plain_matmul_gflops(chunk_size * words, chunk_size * frames)
         note += f"; plain matmul {rate:.1f} GFLOP/s: bound {gflop / rate:.1f} s, time = {seconds * rate / gflop:.2f}x bound"
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"method": method, "size": size, "seconds": seconds, "gflop": gflop,

@@ -88,7 +88,10 @@ def test_merged_levels_are_scored_in_blocks_of_more_items_but_no_more_cells(mode
     (entity_chunk, entity_cells), *merged = blocks
     assert entity_chunk == 4 and len(merged) == 2
     for chunk_size, cells in merged:
-        assert chunk_size > 4 and chunk_size**2 * cells <= entity_chunk**2 * entity_cells
+        # The largest multiple of the entity chunk whose blocks hold no more cells.
+        factor = chunk_size // entity_chunk
+        assert chunk_size == factor * entity_chunk and factor > 1
+        assert factor**2 * cells <= entity_cells < (factor + 1) ** 2 * cells
 
 
 def test_compute_similarity_merges_each_item_once(model, monkeypatch):

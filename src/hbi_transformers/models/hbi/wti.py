@@ -183,9 +183,10 @@ def chunked_weighted_token_interaction(
             sorted_scores[text_start : text_start + n_text, video_start : video_start + n_video] = (t2v + v2t) / 2.0
             video_start += n_video
         text_start += n_text
-    if not sorted_scores.numel():
-        return sorted_scores
-    text_order, video_order = (torch.cat([items for items, *_ in chunks]) for chunks in (text_chunks, video_chunks))
-    by_text = torch.empty_like(sorted_scores).index_copy_(0, text_order, sorted_scores)
-    del sorted_scores  # at most two N x N matrices at a time
-    return torch.empty_like(by_text).index_copy_(1, video_order, by_text)
+    scores = sorted_scores
+    # Only masked sides were sorted; each reordering holds two N x N matrices at most.
+    for dim, (side, chunks) in enumerate(((text, text_chunks), (video, video_chunks))):
+        if side.mask is not None and scores.numel():
+            order = torch.cat([items for items, *_ in chunks])
+            scores = torch.empty_like(scores).index_copy_(dim, order, scores)
+    return scores
