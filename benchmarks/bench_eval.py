@@ -3,6 +3,7 @@
     python benchmarks/bench_eval.py                 # N = 1000 and 3000
     python benchmarks/bench_eval.py --sizes 500 --official-pairs 40
     python benchmarks/bench_eval.py --level-weights 1 0 0   # the retrieval default, as evaluate() scores
+    OMP_NUM_THREADS=1 python benchmarks/bench_eval.py --profile 256   # where one call's time goes
 
 Both score N cached texts x N videos (D = 512, 24 words, 12 frames, level weights 1, 1, 1 unless
 `--level-weights` says otherwise) with the same model. The official schedule scores every level
@@ -17,12 +18,14 @@ runs; its FLOPs are also counted as they would be with no padding at all (each i
 own at its own length, word-frame products of valid tokens only), the floor of these exact
 computations. Both workers also time one plain matmul of a block's shape in their own process
 and give their time as a multiple of their FLOPs at that rate (the bound), which shows how much
-of a slow round is the machine. Each gets one warm-up (a chunk pair; a 32 x 32 gallery) first. The two are measured
-`--rounds` times, one after the other, and the speed-up is the median of the rounds' ratios: on a
-shared machine both drift by a fifth over minutes, which a ratio taken within one round cancels.
+of a slow round is the machine. Each gets one warm-up (a chunk pair; a 32 x 32 gallery) first.
+The two are measured `--rounds` times, one after the other, and the speed-up is the median of the
+rounds' ratios: on a shared machine both drift by a fifth over minutes, which a ratio taken within
+one round cancels.
 Each measurement runs in its own process, so its peak memory (resident set growth over the
 cached features) is its own; for compute_similarity the note says how much of it is the N x N
-output.
+output. `--profile N` instead prints torch.profiler's operator table of one compute_similarity
+call (after a warm-up call), with the matrix products' share of the time and their GFLOP/s.
 """
 
 import argparse
@@ -215,6 +218,27 @@ def measure(method: str, size: int, args) -> dict:
             "peak_growth_mib": max(peak - before, 0.0), "note": note}
 
 
+def profile_compute_similarity(size: int, args) -> None:
+    from torch.profiler import profile
+
+    model = build_model(args.level_weights)
+    texts, videos = cached_features(size, args.words, args.frames)
+    levels = model.config.num_fused_levels
+    model.compute_similarity(texts, videos, chunk_size=args.chunk_size, num_levels=levels)
+    begin = time.perf_counter()
+    with profile() as profiler:
+        model.compute_similarity(texts, videos, chunk_size=args.chunk_size, num_levels=levels)
+    seconds = time.perf_counter() - begin
+    operators = profiler.key_averages()
+    print(operators.table(sort_by="self_cpu_time_total", row_limit=15))
+    products = sum(event.self_cpu_time_total for event in operators if event.key in ("aten::mm", "aten::addmm")) / 1e6
+    total = sum(event.self_cpu_time_total for event in operators) / 1e6
+    gflop = matrix_product_gflop(model, texts, videos, args.chunk_size)
+    print(f"N = {size}, {torch.get_num_threads()} thread(s): {seconds:.2f} s profiled; matrix products (mm, addmm) "
+          f"{products:.3f} s of {total:.3f} s in operators ({products / total:.0%}), {gflop:.1f} GFLOP at "
+          f"{gflop / products:.0f} GFLOP/s")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 3000])
@@ -225,10 +249,14 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="compute_similarity runs; the median is reported")
     parser.add_argument("--level-weights", type=float, nargs=3, default=[1.0, 1.0, 1.0])
     parser.add_argument("--rounds", type=int, default=3, help="official / compute_similarity measurements in turn")
+    parser.add_argument("--profile", type=int, metavar="N", help="operator table of one compute_similarity call at N")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--count-padding-free", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
+    if args.profile:
+        profile_compute_similarity(args.profile, args)
+        return
     if args.worker:
         method, size = args.worker.split(":")
         print(json.dumps(measure(method, int(size), args)))

@@ -216,9 +216,9 @@ def noise_for(seed, shape):
     return torch.rand(shape, dtype=DTYPE) * 1e-6
 
 
-def seeded(seed, function, *args):
+def seeded(seed, function, *args, **kwargs):
     torch.manual_seed(seed)
-    return function(*args)
+    return function(*args, **kwargs)
 
 
 def randomize(module, seed):
@@ -415,7 +415,7 @@ def test_token_cluster_merge_matches_loop(masked, stacked_taps):
     tokens = torch.randn(3, 8, 6, generator=generator, dtype=DTYPE)
     mask = make_mask([8, 4, 6], 8) if masked else None
     with torch.no_grad():
-        merged, features, score, cluster_index = seeded(7, module, tokens, mask, None, False, stacked_taps)
+        merged, features, score, cluster_index = seeded(7, module, tokens, mask, stacked_taps=stacked_taps)
     expected_merged, expected_features, expected_score, expected_index = loop_ctm(module, tokens, mask, noise_for(7, (3, 8)))
     assert merged.shape == (3, math.ceil(8 * 0.4), 6)
     assert torch.equal(cluster_index, expected_index)
@@ -432,7 +432,7 @@ def test_token_cluster_merge_lookahead_reads_the_last_position_only_through_the_
     tokens = torch.randn(3, 8, 6, generator=torch.Generator().manual_seed(37), dtype=DTYPE)
     mask = make_mask([8, 4, 6], 8) if masked else None
     with torch.no_grad():
-        features, score = seeded(7, module, tokens, mask, None, True)[1:3]
+        features, score = seeded(7, module, tokens, mask, lookahead=True)[1:3]
     expected_features, expected_score = loop_ctm_features(module, tokens, mask)
     torch.testing.assert_close(features, expected_features[:, :7], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(score, expected_score[:, :7], rtol=1e-10, atol=1e-10)

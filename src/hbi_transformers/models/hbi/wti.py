@@ -162,7 +162,7 @@ def chunked_weighted_token_interaction(
         for items, tokens, weights, trimmed in video_chunks
     ]
     # Blocks are written as slices in the chunks' order, then put in place at once.
-    sorted_scores = text.tokens.new_empty(len(text), len(video))
+    scores = text.tokens.new_empty(len(text), len(video))
     text_start = 0
     for _, text_tokens, text_weights, text_trimmed in text_chunks:
         n_text, words, dim = text_tokens.shape
@@ -180,10 +180,9 @@ def chunked_weighted_token_interaction(
                 best_word.clamp_min_(0)
             t2v = (best_frame * text_weights[:, :, None]).sum(dim=1)
             v2t = (best_word * video_weights[None]).sum(dim=1)
-            sorted_scores[text_start : text_start + n_text, video_start : video_start + n_video] = (t2v + v2t) / 2.0
+            scores[text_start : text_start + n_text, video_start : video_start + n_video] = (t2v + v2t) / 2.0
             video_start += n_video
         text_start += n_text
-    scores = sorted_scores
     # Only masked sides were sorted; each reordering holds two N x N matrices at most.
     for dim, (side, chunks) in enumerate(((text, text_chunks), (video, video_chunks))):
         if side.mask is not None and scores.numel():
